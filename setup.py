@@ -1,0 +1,41 @@
+"""detrkit: the DETR family of end-to-end object detectors for the Hugging Face ecosystem.
+
+`detrkit` is a namespace package: its sub-packages live in top-level folders that are mapped
+onto `detrkit.*` here (never importable as bare `modeling`/`processing`/`kernels`, since
+transformers imports any third-party package called `kernels` it finds).
+"""
+from setuptools import setup
+
+SUBPACKAGES = {"detrkit.modeling": "modeling", "detrkit.processing": "processing", "detrkit.kernels": "kernels"}
+
+setup(
+    name="detrkit",
+    version="0.1.0",
+    description="DETR, Deformable DETR and friends as Hugging Face Hub-compatible models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=list(SUBPACKAGES),
+    package_dir=SUBPACKAGES,
+    package_data={"detrkit.kernels": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "csrc/*.cuh"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=5.0,<6",
+        "timm>=1.0",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "evaluate>=0.4",
+        "scipy>=1.10",
+        "safetensors>=0.4",
+        "pycocotools>=2.0.7",
+        "tqdm>=4.60",
+        "ninja>=1.11",
+        "pyyaml>=6.0",
+        "pillow>=10.0",
+        "matplotlib>=3.7",
+        "tensorboard>=2.14",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+)
