@@ -1,0 +1,46 @@
+"""Named configurations, so a user writes one name: `config_from_preset("detr-resnet-50-dc5", num_labels=20)`.
+
+Presets describe architectures and training-time settings of the papers (COCO's 91 category ids, auxiliary
+decoding losses); weights are never implied. Other model families add entries with `register_preset`.
+"""
+
+from dataclasses import dataclass, field
+
+from .configuration_detr import DetrConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    config_class: type
+    kwargs: dict = field(default_factory=dict)
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, config_class: type, description: str = "", **kwargs):
+    if name in PRESETS:
+        raise ValueError(f"preset {name!r} is already registered")
+    PRESETS[name] = Preset(config_class, kwargs, description)
+
+
+def config_from_preset(name: str, **overrides):
+    """The preset's config with `overrides` applied (any config field, e.g. num_labels, id2label,
+    use_pretrained_backbone=True for ImageNet backbone weights)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    kwargs = {**preset.kwargs, **overrides}
+    if "id2label" in overrides and "num_labels" not in overrides:
+        kwargs.pop("num_labels", None)  # the label map decides
+    return preset.config_class(**kwargs)
+
+
+_COCO = dict(num_labels=91, auxiliary_loss=True)  # COCO category ids 0..90, as the paper's class head
+register_preset("detr-resnet-50", DetrConfig, "DETR R50, 42.0 AP (500 ep.)", backbone="resnet50", **_COCO)
+register_preset("detr-resnet-50-dc5", DetrConfig, "DETR R50-DC5, 43.3 AP", backbone="resnet50", dilation=True, **_COCO)
+register_preset("detr-resnet-101", DetrConfig, "DETR R101, 43.5 AP", backbone="resnet101", **_COCO)
+register_preset(
+    "detr-resnet-101-dc5", DetrConfig, "DETR R101-DC5, 44.9 AP", backbone="resnet101", dilation=True, **_COCO
+)
