@@ -26,3 +26,31 @@ def _register_auto_classes():
 _register_auto_classes()
 
 __all__ = ["DetrImageProcessor", "DeformableDetrImageProcessor", "DetrProcessingError"]
+
+# --- data side of training: loaders, validation, augmentations, batching, built-in data, COCO metric ---
+from .augmentations import AugmentationConfig, RandomSizeCrop, augment, detr_train_transforms
+from .collator import DetectionCollator
+from .detection_data import (
+    Categories, DetectionData, DetectionRecord, InvalidDatasetError, Problem, load_coco, load_detection_data,
+    load_hf_dataset, load_imagefolder,
+)
+from .detection_dataset import DetectionDataset
+from .synthetic_shapes import BUILTIN_DATASETS, BuiltinDataset, builtin_categories, write_builtin_dataset
+
+_METRIC_EXPORTS = ("CocoDetectionMetric", "CocoEvaluator", "coco_evaluate")
+
+
+def __getattr__(name):
+    # The metric imports evaluate + datasets (about a second); load it on first use only.
+    if name in _METRIC_EXPORTS:
+        from . import coco_metric
+        return getattr(coco_metric, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ += [
+    "AugmentationConfig", "RandomSizeCrop", "augment", "detr_train_transforms", "DetectionCollator", "Categories",
+    "DetectionData", "DetectionRecord", "InvalidDatasetError", "Problem", "load_coco", "load_detection_data",
+    "load_hf_dataset", "load_imagefolder", "DetectionDataset", "BUILTIN_DATASETS", "BuiltinDataset",
+    "builtin_categories", "write_builtin_dataset", *_METRIC_EXPORTS,
+]
