@@ -4,6 +4,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
 
 from .backbone import Backbone
+from .configuration_deformable_detr import DeformableDetrConfig
 from .configuration_detr import DetrConfig
 from .loss import SetCriterion, compute_set_loss
 from .matcher import HungarianMatcher
@@ -13,6 +14,13 @@ from .modeling_detr import (
     DetrModelOutput,
     DetrObjectDetectionOutput,
     DetrPreTrainedModel,
+)
+from .modeling_deformable_detr import (
+    DeformableDetrForObjectDetection,
+    DeformableDetrModel,
+    DeformableDetrModelOutput,
+    DeformableDetrObjectDetectionOutput,
+    DeformableDetrPreTrainedModel,
 )
 from .presets import PRESETS, config_from_preset, register_preset
 
@@ -27,8 +35,15 @@ def _register(config_class, base_model, detection_model):
 
 
 _register(DetrConfig, DetrModel, DetrForObjectDetection)
+_register(DeformableDetrConfig, DeformableDetrModel, DeformableDetrForObjectDetection)
 
 __all__ = [
+    "DeformableDetrConfig",
+    "DeformableDetrForObjectDetection",
+    "DeformableDetrModel",
+    "DeformableDetrModelOutput",
+    "DeformableDetrObjectDetectionOutput",
+    "DeformableDetrPreTrainedModel",
     "Backbone",
     "DetrConfig",
     "DetrForObjectDetection",

@@ -1,0 +1,108 @@
+"""Multi-scale deformable attention module (Deformable DETR, Zhu et al. 2021, sec. 4.1, eq. 3).
+
+Each query attends to a small fixed set of sampling points around its reference point: for every head h,
+level l and point k it regresses an offset and a weight from the query feature; the weights are normalised
+by a softmax over all levels x points. The bilinear sampling itself is one function call
+(`multi_scale_deformable_attention`), served by the compiled kernels when detrkit is installed and by the
+pure-PyTorch reference otherwise (e.g. under `trust_remote_code`, where only modeling/ is copied).
+"""
+import math
+
+import torch
+from torch import nn
+from transformers import initialization as init
+
+from .multi_scale_deformable_attention import multi_scale_deformable_attention as _reference_msda
+
+try:  # optional: absent under trust_remote_code, where the reference serves
+    from detrkit.kernels import multi_scale_deformable_attention as _fast_msda
+except ImportError:
+    _fast_msda = None
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Deformable attention over L feature levels with P sampling points per head and level.
+
+    Parameter names follow the official code and transformers (`sampling_offsets`, `attention_weights`,
+    `value_proj`, `output_proj`) so their checkpoints load unchanged.
+    """
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, use_kernel=True):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by the number of heads ({n_heads})")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.use_kernel = use_kernel
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """The paper's initialisation (through transformers' guarded init, so loaded weights survive)."""
+        # Offsets start on a radial grid: head h points in direction 2*pi*h/H, point k at distance k+1
+        # (in pixels of each level), so the heads initially look in different directions at growing range.
+        init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True).values  # onto the unit square's border
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        init.copy_(self.sampling_offsets.bias, grid.flatten())
+        # Zero weights: uniform attention over all L*P points at the start.
+        init.constant_(self.attention_weights.weight, 0.0)
+        init.constant_(self.attention_weights.bias, 0.0)
+        for proj in (self.value_proj, self.output_proj):
+            init.xavier_uniform_(proj.weight)
+            init.constant_(proj.bias, 0.0)
+
+    def forward(self, query, reference_points, value, spatial_shapes, level_start_index, value_padding_mask=None):
+        """
+        Args:
+            query: (B, Q, C) query features, position embedding already added.
+            reference_points: (B, Q, L, 2) normalised (x, y) centres, or (B, Q, L, 4) boxes (cx, cy, w, h),
+                in which case offsets are scaled by half the box size (two-stage / box refinement).
+            value: (B, S, C) flattened multi-level features, S = sum_l h_l * w_l.
+            spatial_shapes: (L, 2) long, (h_l, w_l).
+            level_start_index: (L,) long, start of each level in S.
+            value_padding_mask: (B, S) bool, True at padding: those values are zeroed so they add nothing.
+
+        Returns:
+            output (B, Q, C) and the attention weights (B, Q, H, L, P).
+        """
+        batch_size, num_queries, _ = query.shape
+        _, sequence_length, _ = value.shape
+        if sequence_length != int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()):
+            raise ValueError(f"value has {sequence_length} positions but spatial_shapes {spatial_shapes.tolist()} "
+                             "describe a different number")
+
+        value = self.value_proj(value)
+        if value_padding_mask is not None:
+            value = value.masked_fill(value_padding_mask[..., None], 0.0)
+        value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
+
+        shape = (batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)
+        sampling_offsets = self.sampling_offsets(query).view(*shape, 2)
+        attention_weights = self.attention_weights(query).view(batch_size, num_queries, self.n_heads, -1)
+        attention_weights = attention_weights.softmax(-1).view(shape)
+
+        if reference_points.shape[-1] == 2:
+            # Offsets are in pixels of each level: normalise by (w_l, h_l).
+            offset_normalizer = spatial_shapes.flip(-1).to(query.dtype)  # (L, 2) as (w, h)
+            sampling_locations = (reference_points[:, :, None, :, None, :]
+                                  + sampling_offsets / offset_normalizer[None, None, None, :, None, :])
+        elif reference_points.shape[-1] == 4:
+            # Offsets relative to the box: P points spread within half its width/height.
+            sampling_locations = (reference_points[:, :, None, :, None, :2]
+                                  + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape[-1]}")
+
+        if _fast_msda is not None:
+            output = _fast_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                use_kernel=self.use_kernel)
+        else:
+            output = _reference_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return self.output_proj(output), attention_weights

@@ -1,0 +1,348 @@
+"""Deformable DETR (Zhu et al., ICLR 2021): DeformableDetrModel and DeformableDetrForObjectDetection.
+
+Image -> timm backbone (C3-C5) -> 1x1 conv + GroupNorm to d_model per level (+ stride-2 3x3 convs for extra
+levels) -> level embeddings + sine positions -> deformable encoder -> queries with reference points (learned,
+or the encoder's top-k proposals in the two-stage variant) -> deformable decoder -> per-layer class (sigmoid)
+and box heads; boxes are predicted as offsets from the reference points in inverse-sigmoid space.
+
+Module names follow transformers' on-disk checkpoint names, so its DeformableDetrForObjectDetection files load
+unchanged.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbone import Backbone, ConvEncoder
+from .configuration_deformable_detr import DeformableDetrConfig
+from .deformable_attention import MultiScaleDeformableAttention
+from .deformable_transformer import (
+    DeformableDecoder,
+    DeformableEncoder,
+    encoder_output_proposals,
+    inverse_sigmoid,
+    proposal_position_embedding,
+)
+from .loss import SetCriterion, compute_set_loss
+from .modeling_detr import MLP, DetrPreTrainedModel, _check_inputs, _return
+from .position_encoding import build_position_encoding
+
+
+@dataclass
+class DeformableDetrModelOutput(ModelOutput):
+    """
+    init_reference_points (B, Q, 2 or 4): reference points fed to the first decoder layer.
+    last_hidden_state (B, Q, C): output of the last decoder layer.
+    intermediate_hidden_states (B, num_decoder_layers, Q, C) and intermediate_reference_points
+        (B, num_decoder_layers, Q, 2 or 4): every decoder layer's output and the reference points it produced.
+    enc_outputs_class (B, S, num_labels), enc_outputs_coord_logits (B, S, 4): two-stage encoder proposals
+        (scores, box logits) for every pixel of every level.
+    """
+
+    init_reference_points: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor] | None = None
+    decoder_attentions: tuple[torch.Tensor] | None = None
+    cross_attentions: tuple[torch.Tensor] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor] | None = None
+    encoder_attentions: tuple[torch.Tensor] | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+
+
+@dataclass
+class DeformableDetrObjectDetectionOutput(ModelOutput):
+    """
+    loss, loss_dict: weighted total and its terms (suffix `_i` for decoder layer i, `_enc` for the two-stage
+        proposals), when labels are given.
+    logits (B, Q, num_labels): sigmoid class logits (no "no object" class); pred_boxes (B, Q, 4) normalized
+        (cx, cy, w, h) relative to each image's unpadded size.
+    auxiliary_outputs: list of {"logits", "pred_boxes"} of the earlier decoder layers (with auxiliary_loss).
+    Other fields as DeformableDetrModelOutput.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor] | None = None
+    decoder_attentions: tuple[torch.Tensor] | None = None
+    cross_attentions: tuple[torch.Tensor] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor] | None = None
+    encoder_attentions: tuple[torch.Tensor] | None = None
+    init_reference_points: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+
+
+class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
+    """DETR's (loading without backbone downloads, model card on save, push_to_hub) with the paper's init."""
+
+    config_class = DeformableDetrConfig
+    config: DeformableDetrConfig
+    _no_split_modules = ["ConvEncoder", "DeformableEncoderLayer", "DeformableDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MultiScaleDeformableAttention):
+            module.reset_parameters()
+        elif isinstance(module, DeformableDetrModel):
+            init.normal_(module.level_embed)
+            if not self.config.two_stage:
+                init.xavier_uniform_(module.reference_points.weight, gain=1.0)
+                init.constant_(module.reference_points.bias, 0.0)
+        elif isinstance(module, DeformableDetrForObjectDetection):
+            # Focal loss starts every class at the prior probability 0.01 (RetinaNet): the many background
+            # queries would otherwise dominate the first updates.
+            prior_bias = -math.log((1 - 0.01) / 0.01)
+            for head in module.class_embed:
+                init.constant_(head.bias, prior_bias)
+            for head in module.bbox_embed:
+                init.constant_(head.layers[-1].weight, 0.0)
+                init.constant_(head.layers[-1].bias, 0.0)
+            # The first layer's boxes start small (sigmoid(-2) ~ 0.12 of the image) around the reference
+            # points (the official code); two-stage proposals already carry a size.
+            if not self.config.two_stage:
+                init.constant_(module.bbox_embed[0].layers[-1].bias[2:], -2.0)
+
+
+class DeformableDetrModel(DeformableDetrPreTrainedModel):
+    """Backbone + multi-scale deformable encoder-decoder, without heads."""
+
+    def __init__(self, config: DeformableDetrConfig):
+        super().__init__(config)
+        self.backbone = ConvEncoder(Backbone.from_config(config))
+        for module in self.backbone.modules():  # keeps timm's init or ImageNet weights through post_init
+            module._is_hf_initialized = True
+        channels = self.backbone.conv_encoder.channels
+        num_backbone_levels = min(config.num_feature_levels, len(channels))
+        self.num_backbone_levels = num_backbone_levels
+        self.position_embedding = build_position_encoding(config, sine_offset=-0.5)
+
+        d_model = config.d_model
+        input_proj = [
+            nn.Sequential(nn.Conv2d(in_channels, d_model, kernel_size=1), nn.GroupNorm(32, d_model))
+            for in_channels in channels[len(channels) - num_backbone_levels:]
+        ]
+        in_channels = channels[-1]
+        for _ in range(config.num_feature_levels - num_backbone_levels):
+            input_proj.append(nn.Sequential(
+                nn.Conv2d(in_channels, d_model, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, d_model)
+            ))
+            in_channels = d_model
+        self.input_proj = nn.ModuleList(input_proj)
+        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d_model))
+
+        self.encoder = DeformableEncoder(config)
+        self.decoder = DeformableDecoder(config)
+        if config.two_stage:
+            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output_norm = nn.LayerNorm(d_model)
+            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+            self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        else:
+            # each query: a positional half (-> reference point) and a content half
+            self.query_position_embeddings = nn.Embedding(config.num_queries, d_model * 2)
+            self.reference_points = nn.Linear(d_model, 2)
+        self.post_init()
+
+    def _multi_scale_features(self, pixel_values, pixel_mask):
+        """The L levels: projected features (B, C, h_l, w_l), masks (B, h_l, w_l) True on valid pixels."""
+        features = self.backbone(pixel_values, pixel_mask)[-self.num_backbone_levels:]
+        sources = [proj(feature) for proj, (feature, _) in zip(self.input_proj, features)]
+        masks = [mask for _, mask in features]
+        for level in range(len(sources), self.config.num_feature_levels):
+            # the first extra level convolves C5 itself, the next ones the previous extra level
+            source = self.input_proj[level](features[-1][0] if level == len(features) else sources[-1])
+            sources.append(source)
+            masks.append(F.interpolate(pixel_mask[None].to(pixel_values.dtype), size=source.shape[-2:])[0].bool())
+        return sources, masks
+
+    @staticmethod
+    def _valid_ratio(mask):
+        """(B, h, w) -> (B, 2): fraction of each level's width and height that is image, not padding."""
+        valid_height = mask[:, :, 0].sum(1).to(torch.float32) / mask.shape[1]
+        valid_width = mask[:, 0, :].sum(1).to(torch.float32) / mask.shape[2]
+        return torch.stack([valid_width, valid_height], -1)
+
+    def _two_stage_queries(self, memory, padding_mask, spatial_shapes):
+        """Score a proposal at every encoder pixel with the last class/box heads, keep the top-k as queries."""
+        object_query, proposals = encoder_output_proposals(memory, padding_mask, spatial_shapes)
+        object_query = self.enc_output_norm(self.enc_output(object_query))
+        enc_outputs_class = self.decoder.class_embed[-1](object_query)
+        enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + proposals
+        topk = torch.topk(enc_outputs_class[..., 0], self.config.two_stage_num_proposals, dim=1).indices
+        topk_coords_logits = torch.gather(enc_outputs_coord_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
+        reference_points = topk_coords_logits.sigmoid()
+        query_embed = self.pos_trans_norm(self.pos_trans(
+            proposal_position_embedding(topk_coords_logits, self.config.d_model // 2)
+        ))
+        query_pos, tgt = query_embed.split(self.config.d_model, dim=-1)
+        return query_pos, tgt, reference_points, enc_outputs_class, enc_outputs_coord_logits
+
+    def forward(self, pixel_values, pixel_mask=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        """pixel_values (B, 3, H, W); pixel_mask (B, H, W) 1 on image pixels, 0 on padding (default all 1)."""
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        _check_inputs(pixel_values, pixel_mask, self.config.num_channels)
+        batch_size, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            pixel_mask = torch.ones((batch_size, height, width), dtype=torch.long, device=pixel_values.device)
+
+        sources, masks = self._multi_scale_features(pixel_values, pixel_mask)
+        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=pixel_values.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([self._valid_ratio(mask) for mask in masks], 1).to(sources[0].dtype)
+
+        # flatten the levels into one sequence: (B, S, C), S = sum_l h_l * w_l
+        src = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
+        pos = torch.cat([
+            self.position_embedding(mask, sources[0].dtype).flatten(2).transpose(1, 2) + self.level_embed[level]
+            for level, mask in enumerate(masks)
+        ], 1)
+        padding_mask = ~torch.cat([mask.flatten(1) for mask in masks], 1)
+
+        memory, encoder_hidden_states, encoder_attentions = self.encoder(
+            src, pos, spatial_shapes, level_start_index, valid_ratios, padding_mask,
+            output_attentions, output_hidden_states,
+        )
+
+        enc_outputs_class = enc_outputs_coord_logits = None
+        if self.config.two_stage:
+            query_pos, tgt, reference_points, enc_outputs_class, enc_outputs_coord_logits = self._two_stage_queries(
+                memory, padding_mask, spatial_shapes_list
+            )
+        else:
+            query_pos, tgt = self.query_position_embeddings.weight.split(self.config.d_model, dim=1)
+            query_pos = query_pos[None].expand(batch_size, -1, -1)
+            tgt = tgt[None].expand(batch_size, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+
+        hidden, references, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
+            tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
+            padding_mask, output_attentions, output_hidden_states,
+        )
+        result = DeformableDetrModelOutput(
+            init_reference_points=reference_points,
+            last_hidden_state=hidden[:, -1],
+            intermediate_hidden_states=hidden,
+            intermediate_reference_points=references,
+            decoder_hidden_states=decoder_hidden_states,
+            decoder_attentions=decoder_attentions,
+            cross_attentions=cross_attentions,
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attentions=encoder_attentions,
+            enc_outputs_class=enc_outputs_class,
+            enc_outputs_coord_logits=enc_outputs_coord_logits,
+        )
+        return _return(result, return_dict, self.config)
+
+
+class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
+    """Deformable DETR with per-decoder-layer class and box heads and the focal set loss.
+
+    Without box refinement the heads are shared by all layers (tied to layer 0); with it every layer has its
+    own box head, also used inside the decoder to refine reference points; two-stage adds one more
+    class/box head pair that scores the encoder's proposals.
+    """
+
+    def __init__(self, config: DeformableDetrConfig):
+        super().__init__(config)
+        self.model = DeformableDetrModel(config)
+        num_pred = config.decoder_layers + 1 if config.two_stage else config.decoder_layers
+        self.class_embed = nn.ModuleList(nn.Linear(config.d_model, config.num_labels) for _ in range(num_pred))
+        self.bbox_embed = nn.ModuleList(
+            MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
+        )
+        # Tying as transformers 5 declares it ({target: source}); save_pretrained then writes the same keys.
+        self._tied_weights_keys = {
+            r"bbox_embed.(?![0])\d+": "bbox_embed.0",
+            r"class_embed.(?![0])\d+": "class_embed.0",
+        }
+        if config.with_box_refine:
+            self.model.decoder.bbox_embed = nn.ModuleList(
+                MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
+            )
+            self._tied_weights_keys["bbox_embed"] = "model.decoder.bbox_embed"
+        if config.two_stage:
+            self.model.decoder.class_embed = nn.ModuleList(
+                nn.Linear(config.d_model, config.num_labels) for _ in range(num_pred)
+            )
+            self._tied_weights_keys["class_embed"] = "model.decoder.class_embed"
+        self.post_init()
+
+    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        """labels: optional list (one per image) of {"class_labels" (T,), "boxes" (T, 4) normalized cxcywh}."""
+        outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
+        hidden = outputs.intermediate_hidden_states  # (B, layers, Q, C)
+        outputs_class, outputs_coord = [], []
+        for layer in range(hidden.shape[1]):
+            # each layer predicts relative to the reference points it attended with (2-d points in the
+            # one-stage model's first layer, boxes once refined)
+            reference = (outputs.init_reference_points if layer == 0
+                         else outputs.intermediate_reference_points[:, layer - 1])
+            reference = inverse_sigmoid(reference)
+            delta = self.bbox_embed[layer](hidden[:, layer])
+            if reference.shape[-1] == 4:
+                coord_logits = delta + reference
+            else:
+                coord_logits = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            outputs_class.append(self.class_embed[layer](hidden[:, layer]))
+            outputs_coord.append(coord_logits.sigmoid())
+        logits, pred_boxes = outputs_class[-1], outputs_coord[-1]
+
+        loss = loss_dict = auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+        if labels is not None:
+            predictions = {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs}
+            if self.config.two_stage:
+                predictions["enc_outputs"] = {
+                    "logits": outputs.enc_outputs_class,
+                    "pred_boxes": outputs.enc_outputs_coord_logits.sigmoid(),
+                }
+            criterion = SetCriterion.from_config(self.config, use_focal_loss=True)
+            loss, loss_dict = compute_set_loss(criterion, predictions, labels)
+
+        result = DeformableDetrObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=logits,
+            pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            init_reference_points=outputs.init_reference_points,
+            intermediate_hidden_states=outputs.intermediate_hidden_states,
+            intermediate_reference_points=outputs.intermediate_reference_points,
+            enc_outputs_class=outputs.enc_outputs_class,
+            enc_outputs_coord_logits=outputs.enc_outputs_coord_logits,
+        )
+        return _return(result, return_dict, self.config)
+
+
+__all__ = ["DeformableDetrForObjectDetection", "DeformableDetrModel", "DeformableDetrPreTrainedModel"]

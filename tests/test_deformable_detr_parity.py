@@ -1,0 +1,99 @@
+"""Deformable DETR: checkpoints written by transformers' DeformableDetrForObjectDetection load into detrkit with
+identical outputs and losses, for every variant of the paper, on a padded batch of differently sized images."""
+
+import pytest
+import torch
+import transformers
+
+from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+SMALL = dict(
+    backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+    encoder_attention_heads=4, decoder_attention_heads=4, num_queries=12, num_labels=5, auxiliary_loss=True,
+)
+VARIANTS = {
+    "plain": {},
+    "box-refine": dict(with_box_refine=True),
+    "two-stage": dict(with_box_refine=True, two_stage=True, two_stage_num_proposals=12),
+    "single-scale": dict(num_feature_levels=1),
+    "single-scale-dc5": dict(num_feature_levels=1, dilation=True),
+}
+
+
+def padded_batch():
+    """Two images, 96x128 and 72x100, padded to 96x128 with a pixel mask, and their labels."""
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.zeros(2, 3, 96, 128)
+    pixel_mask = torch.zeros(2, 96, 128, dtype=torch.long)
+    for i, (height, width) in enumerate([(96, 128), (72, 100)]):
+        pixel_values[i, :, :height, :width] = torch.randn(3, height, width, generator=generator)
+        pixel_mask[i, :height, :width] = 1
+    labels = [
+        {"class_labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.2, 0.3, 0.1, 0.2]])},
+        {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.6, 0.4, 0.5, 0.3]])},
+    ]
+    return pixel_values, pixel_mask, labels
+
+
+def transformers_checkpoint(folder, **overrides):
+    """A randomly initialised transformers model, perturbed so that zero/constant-initialised parameters
+    (attention weights, heads) carry information, saved to `folder`."""
+    torch.manual_seed(0)
+    model = transformers.DeformableDetrForObjectDetection(transformers.DeformableDetrConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "backbone" not in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_transformers_checkpoint_gives_identical_outputs_and_loss(tmp_path, variant):
+    theirs = transformers_checkpoint(tmp_path, **VARIANTS[variant])
+    ours = DeformableDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    assert isinstance(ours.config, DeformableDetrConfig)
+    pixel_values, pixel_mask, labels = padded_batch()
+
+    with torch.no_grad():
+        expected = theirs(pixel_values, pixel_mask=pixel_mask, labels=labels)
+        actual = ours(pixel_values, pixel_mask=pixel_mask, labels=labels)
+
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual.intermediate_reference_points, expected.intermediate_reference_points,
+                               atol=1e-4, rtol=1e-4)
+    # transformers has no two-stage encoder loss (the paper's): compare the shared terms, then the total
+    # minus our weighted encoder terms
+    shared = {k: v for k, v in actual.loss_dict.items() if not k.endswith("_enc")}
+    assert shared.keys() == expected.loss_dict.keys()
+    for key, value in expected.loss_dict.items():
+        torch.testing.assert_close(shared[key], value, atol=1e-4, rtol=1e-4, msg=key)
+    encoder_terms = sum(ours.config.bbox_loss_coefficient * v if k == "loss_bbox_enc"
+                        else ours.config.giou_loss_coefficient * v if k == "loss_giou_enc"
+                        else v if k == "loss_ce_enc" else 0.0
+                        for k, v in actual.loss_dict.items())
+    torch.testing.assert_close(actual.loss - encoder_terms, expected.loss, atol=1e-4, rtol=1e-4)
+    if ours.config.two_stage:
+        assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= actual.loss_dict.keys()
+        torch.testing.assert_close(actual.enc_outputs_class, expected.enc_outputs_class, atol=1e-4, rtol=1e-4)
+
+
+def test_no_missing_or_unexpected_weights(tmp_path):
+    transformers_checkpoint(tmp_path, **VARIANTS["two-stage"])
+    _, info = DeformableDetrForObjectDetection.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+def test_our_checkpoint_round_trips_into_transformers(tmp_path):
+    """The files we write use transformers' names: their class reads them back with the same outputs."""
+    config = DeformableDetrConfig(**SMALL, with_box_refine=True)
+    ours = DeformableDetrForObjectDetection(config).eval()
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.DeformableDetrForObjectDetection.from_pretrained(
+        tmp_path, config=transformers.DeformableDetrConfig(**SMALL, with_box_refine=True)
+    ).eval()
+    pixel_values, pixel_mask, _ = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixel_values, pixel_mask).logits, theirs(pixel_values, pixel_mask).logits,
+                                   atol=1e-4, rtol=1e-4)
