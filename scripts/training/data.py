@@ -1,0 +1,103 @@
+"""`--data` -> validated train / eval records, encoded datasets and the collator.
+
+`--data` is a built-in set name ("shapes-a", "shapes-b": generated into `data_cache` on first use), a COCO
+folder or json, an imagefolder with metadata.jsonl, a `datasets` folder written by `save_to_disk`, or a Hub
+dataset id with an `objects` column. Everything goes through detrkit.processing's loaders, so every bad
+record is reported with its image id and skipped or fatal as `invalid_records` says.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from detrkit.processing.augmentations import AugmentationConfig, detr_train_transforms
+from detrkit.processing.coco_metric import coco_evaluate
+from detrkit.processing.collator import DetectionCollator
+from detrkit.processing.detection_data import DetectionData, load_detection_data
+from detrkit.processing.detection_dataset import DetectionDataset
+from detrkit.processing.synthetic_shapes import BUILTIN_DATASETS, write_builtin_dataset
+
+from .config import TrainConfig
+
+
+@dataclass
+class TrainingData:
+    train: DetectionDataset
+    eval: DetectionDataset
+    eval_records: DetectionData
+    id2label: dict[int, str]
+    collate_fn: DetectionCollator
+
+
+def resolve_source(config: TrainConfig, log=print):
+    """A path or `datasets` object that `load_detection_data` understands."""
+    name = str(config.data)
+    if name in BUILTIN_DATASETS:
+        root = Path(config.data_cache).expanduser() / f"{name}-{config.image_size}px"
+        builtin = write_builtin_dataset(name, root, image_size=config.image_size)
+        log(f"data: built-in {name} in {builtin.root}")
+        return builtin.root
+    path = Path(name).expanduser()
+    if path.exists():
+        if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+            import datasets
+
+            return datasets.load_from_disk(str(path))
+        return path
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):  # a Hub dataset id
+        import datasets
+
+        return datasets.load_dataset(name)
+    raise FileNotFoundError(f"--data {name!r}: not a built-in set ({', '.join(BUILTIN_DATASETS)}), an existing "
+                            "folder or file, or a Hub dataset id")
+
+
+def load_split(source, split: str, config: TrainConfig, log=print) -> DetectionData:
+    try:
+        records = load_detection_data(source, split=split, on_error=config.invalid_records)
+    except KeyError as error:  # a DatasetDict without this split
+        raise KeyError(f"--data {config.data}: no split {split!r} ({error}); set train_split / eval_split") from None
+    if records.problems:
+        log(f"data: {split}: skipped {records.num_skipped} image(s) with problems, e.g. {records.problems[0]}")
+    limit = config.max_train_samples if split == config.train_split else config.max_eval_samples
+    if limit:
+        records.records = records.records[:limit]
+    if not len(records):
+        raise ValueError(f"--data {config.data}: split {split!r} has no usable images")
+    return records
+
+
+def train_transforms(config: TrainConfig):
+    if not config.augment:
+        return None
+    overrides = {"flip_prob": 0.5 if config.horizontal_flip else 0.0, "crop_prob": 0.5 if config.random_crop else 0.0}
+    augmentation = AugmentationConfig.for_image_size(config.image_size, **overrides)
+    if config.scales:
+        augmentation = AugmentationConfig(**{**augmentation.__dict__, "scales": tuple(config.scales)})
+    if config.max_size:
+        augmentation = AugmentationConfig(**{**augmentation.__dict__, "max_size": config.max_size})
+    return detr_train_transforms(augmentation)
+
+
+def load_data(config: TrainConfig, processor, log=print) -> TrainingData:
+    source = resolve_source(config, log)
+    train_records = load_split(source, config.train_split, config, log)
+    eval_records = load_split(source, config.eval_split, config, log)
+    if train_records.categories != eval_records.categories:
+        raise ValueError(f"--data {config.data}: {config.train_split} and {config.eval_split} have different "
+                         f"categories ({train_records.categories.names} vs {eval_records.categories.names})")
+    transforms = train_transforms(config)
+    # Without augmentation the processor resizes training images as it does at evaluation.
+    train = DetectionDataset(train_records, processor, transforms)
+    log(f"data: {len(train_records)} train / {len(eval_records)} eval images, {len(train_records.categories)} "
+        f"classes: {', '.join(train_records.categories.names)}")
+    return TrainingData(train, DetectionDataset(eval_records, processor), eval_records,
+                        train_records.id2label, DetectionCollator(processor))
+
+
+def coco_metric(records: DetectionData, predictions: dict[int, dict]) -> dict:
+    """COCO metrics of `predictions` (image_id -> detections) against the records' own annotations."""
+    missing = [r.image_id for r in records if r.image_id not in predictions]
+    if missing:
+        raise ValueError(f"no predictions for {len(missing)} evaluation image(s), e.g. image {missing[0]}")
+    return coco_evaluate([predictions[r.image_id] for r in records], [r.target() for r in records], records.id2label)

@@ -1,0 +1,204 @@
+"""The accelerate training loop: recipe, evaluation every N epochs, checkpoints, resume, export."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .config import TrainConfig, resolve_recipe
+from .data import load_data
+from .evaluation import evaluate, format_table
+from .history import append_record, plot_history, read_history, truncate_history
+from .model_card import write_model_card
+from .models import load_model
+from .optim import build_optimizer, build_scheduler
+from .sampling import EpochShuffleSampler, SeededAugmentation
+
+logger = logging.getLogger("detrkit.train")
+METRIC_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    output = Path(config.output_dir)
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+        step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
+    )
+
+
+def make_loaders(config: TrainConfig, data, accelerator: Accelerator):
+    train_set = SeededAugmentation(data.train, config.seed)
+    sampler = EpochShuffleSampler(len(train_set), config.seed)
+    common = dict(collate_fn=data.collate_fn, num_workers=config.num_workers,
+                  pin_memory=accelerator.device.type == "cuda", persistent_workers=False)
+    # A private generator: the loader's per-epoch base seed must not come from (and advance) the global RNG.
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(config.seed), **common)
+    eval_loader = DataLoader(data.eval, batch_size=config.eval_batch_size or config.batch_size, shuffle=False, **common)
+    return train_loader, eval_loader, sampler, train_set
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training as configured; returns the final evaluation metrics (also written to metrics.json)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+    accelerator = make_accelerator(config)
+    set_seed(config.seed)
+    output = Path(config.output_dir)
+    ckpt_root = output / "checkpoints"
+
+    loaded = load_model(config, log=accelerator.print)
+    data = load_data(config, loaded.processor, log=accelerator.print)
+    model = loaded.adapt_to_labels(data.id2label, log=accelerator.print)
+    train_loader, eval_loader, sampler, train_set = make_loaders(config, data, accelerator)
+
+    world = accelerator.num_processes
+    batches_per_epoch = len(train_loader) // world  # per process, after accelerate shards the batches
+    steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation_steps)
+    if batches_per_epoch == 0:
+        raise ValueError(f"{len(data.train)} training images cannot fill one batch of {config.batch_size} "
+                         f"x {world} processes; lower batch_size")
+    config = resolve_recipe(config, loaded.kind, steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+
+    optimizer = build_optimizer(model, config.lr, config.lr_backbone_mult, config.lr_linear_proj_mult,
+                                config.weight_decay)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.schedule,
+                                config.lr_drop_epoch * steps_per_epoch, config.lr_gamma, config.warmup_steps)
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler)
+
+    state = {"epoch": 0, "batches_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
+             "loss_sum": 0.0, "loss_count": 0}
+    resume_from = resolve_resume(config.resume, ckpt_root)
+    history_file = output / "history.jsonl"
+    if resume_from is not None:
+        state.update(load_checkpoint(accelerator, resume_from))
+        accelerator.print(f"resumed from {resume_from}: epoch {state['epoch']}, "
+                          f"batch {state['batches_in_epoch']}, step {state['global_step']}")
+        if accelerator.is_main_process:
+            truncate_history(history_file, state["epoch"] - 1)
+    elif accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        history_file.unlink(missing_ok=True)
+    if accelerator.is_main_process:
+        (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    accelerator.init_trackers("detrkit", config={k: v for k, v in config.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+
+    def checkpoint(best: bool = False):
+        name = f"step-{state['global_step']:07d}"
+        save_checkpoint(accelerator, ckpt_root, name, state, best=best, keep=config.keep_checkpoints)
+
+    last_metrics = None
+    started = time.time()
+    while state["epoch"] < config.epochs and not (config.max_steps and state["global_step"] >= config.max_steps):
+        epoch = state["epoch"]
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        if state["batches_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        model.train()
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", initial=state["batches_in_epoch"],
+                        total=batches_per_epoch, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        for batch in progress:
+            with accelerator.accumulate(model):
+                outputs = model(**batch)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and config.clip_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            state["batches_in_epoch"] += 1
+            state["loss_sum"] += outputs.loss.item()
+            state["loss_count"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state["global_step"] += 1
+            mean_loss = state["loss_sum"] / state["loss_count"]
+            progress.set_postfix(loss=f"{outputs.loss.item():.3f}", avg=f"{mean_loss:.3f}",
+                                 lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            logs = {"train/loss": outputs.loss.item(), "train/lr": scheduler.get_last_lr()[0]}
+            logs.update({f"train/{k}": float(v.detach()) if torch.is_tensor(v) else float(v)
+                         for k, v in (getattr(outputs, "loss_dict", None) or {}).items()})
+            accelerator.log(logs, step=state["global_step"])
+            if config.max_steps and state["global_step"] >= config.max_steps:
+                break
+            if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0:
+                checkpoint()
+        progress.close()
+        if state["batches_in_epoch"] < batches_per_epoch:  # stopped by max_steps inside the epoch
+            checkpoint()
+            break
+
+        record = {"epoch": epoch + 1, "step": state["global_step"],
+                  "train_loss": state["loss_sum"] / max(1, state["loss_count"]),
+                  "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 1)}
+        is_last = epoch + 1 == config.epochs
+        best = False
+        if (config.eval_every and (epoch + 1) % config.eval_every == 0) or is_last:
+            last_metrics = evaluate(model, eval_loader, loaded.processor, data, accelerator)
+            record.update({k: last_metrics[k] for k in last_metrics if isinstance(last_metrics[k], float)})
+            accelerator.log({f"eval/{k}": v for k, v in record.items() if k.startswith("ma")}, step=state["global_step"])
+            accelerator.print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  AP {last_metrics['map']:.4f}  "
+                              f"AP50 {last_metrics['map_50']:.4f}  AP_small {last_metrics['map_small']:.4f}")
+            if state["best_metric"] is None or last_metrics["map"] > state["best_metric"]:
+                state["best_metric"], state["best_epoch"], best = last_metrics["map"], epoch + 1, True
+                state["best_metrics"] = {k: last_metrics[k] for k in METRIC_KEYS}
+        if accelerator.is_main_process:
+            append_record(history_file, record)
+            plot_history(read_history(history_file), output / "training.png")
+        state.update(epoch=epoch + 1, batches_in_epoch=0, loss_sum=0.0, loss_count=0)
+        checkpoint(best=best)
+
+    accelerator.end_training()
+    return finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics)
+
+
+def finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics):
+    """Export the best model (by AP) as a Hub-ready folder with its metrics and a predictions drawing."""
+    output = Path(config.output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    best = state.get("best_metrics")
+    if best is not None and last_metrics is not None and best["map"] > last_metrics["map"]:
+        from .checkpoint import read_index
+        best_dir = output / "checkpoints" / read_index(output / "checkpoints")["best"]
+        accelerator.load_state(str(best_dir))  # restores the best weights (RNG no longer matters)
+        accelerator.print(f"exporting the best epoch ({state['best_epoch']}, AP {best['map']:.4f})")
+    metrics = best if best is not None else (last_metrics or evaluate(model, eval_loader, loaded.processor, data,
+                                                                     accelerator))
+    if accelerator.is_main_process:
+        export = output / "model"
+        unwrapped.save_pretrained(export)
+        loaded.processor.save_pretrained(export)
+        summary = {k: float(metrics[k]) for k in METRIC_KEYS}
+        (output / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_model_card(export, config, loaded, data, metrics, read_history(output / "history.jsonl"),
+                         accelerator.num_processes)
+        print(format_table(metrics))
+        if config.predictions_image:
+            from .predictions import draw_eval_predictions
+            draw_eval_predictions(unwrapped, loaded.processor, data, output / "predictions.png",
+                                  threshold=config.threshold, device=accelerator.device)
+        print(f"wrote {output}/: metrics.json, model/, training.png, history.jsonl"
+              + (", predictions.png" if config.predictions_image else ""))
+    accelerator.wait_for_everyone()
+    return metrics

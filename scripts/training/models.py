@@ -1,0 +1,211 @@
+"""`--model` -> a detector, its image processor, and the backbone policy that fits how it was initialised.
+
+`--model` is a detrkit preset name (random weights, built from a config), a local `save_pretrained` folder, or a
+Hub id (detrkit's or transformers' own DETR / Deformable DETR checkpoints). Fine-tuning on other classes
+replaces only the class head: everything else must load from the checkpoint, and a load that re-initialises
+anything else is an error, not a warning lost in the log.
+
+Backbone policy. A pretrained ResNet keeps frozen BatchNorm (its statistics are real, batches of 2-8 images
+would make batch statistics noise) and a frozen stem + C2, as the papers do. A random backbone must not: its
+"statistics" are the init values and a frozen random stem is a fixed random projection. So "auto" picks
+"pretrained" for checkpoints and `use_pretrained_backbone=True`, "scratch" (plain BatchNorm, everything
+trainable) otherwise, and says which.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import TrainConfig, load_config_file
+
+HEAD_KEYS = ("class_embed", "class_labels_classifier")  # detrkit / transformers names of the class head
+DETR_TYPES = ("detrkit_detr", "detr")
+DEFORMABLE_TYPES = ("detrkit_deformable_detr", "deformable_detr")
+
+
+def _modeling():
+    from detrkit import modeling
+
+    return modeling
+
+
+def model_classes(kind: str):
+    m = _modeling()
+    if kind == "deformable":
+        return m.DeformableDetrConfig, m.DeformableDetrForObjectDetection
+    return m.DetrConfig, m.DetrForObjectDetection
+
+
+def processor_class(kind: str):
+    from detrkit.processing import DeformableDetrImageProcessor, DetrImageProcessor
+
+    return DeformableDetrImageProcessor if kind == "deformable" else DetrImageProcessor
+
+
+def kind_of(model_type: str) -> str:
+    if model_type in DEFORMABLE_TYPES:
+        return "deformable"
+    if model_type in DETR_TYPES:
+        return "detr"
+    raise ValueError(f"model_type {model_type!r} is not a DETR-family detector detrkit trains "
+                     f"(expected one of {DETR_TYPES + DEFORMABLE_TYPES})")
+
+
+def preset_config(name: str, **overrides):
+    """A detrkit config from a preset name (e.g. "deformable-detr", "detr-resnet50")."""
+    presets = getattr(_modeling(), "presets", None)
+    if presets is None:
+        from detrkit.modeling import presets
+    return presets.config_from_preset(name, **overrides)
+
+
+def preset_names() -> list[str]:
+    try:
+        from detrkit.modeling import presets
+    except ImportError:
+        return []
+    return sorted(getattr(presets, "PRESETS", {}))
+
+
+@dataclass
+class LoadedModel:
+    """What `--model` resolved to; `adapt_to_labels` builds the detector for the data's classes."""
+
+    kind: str  # "detr" or "deformable"
+    source: str  # human-readable origin, e.g. "preset deformable-detr (random weights)"
+    processor: object
+    backbone_note: str = ""
+    build: Callable = field(default=None, repr=False)
+
+    def adapt_to_labels(self, id2label: dict, log=print) -> torch.nn.Module:
+        return self.build({int(k): v for k, v in id2label.items()}, log)
+
+
+def resolve_policy(policy: str, pretrained: bool) -> str:
+    if policy not in ("auto", "pretrained", "scratch"):
+        raise ValueError(f"backbone_policy must be 'auto', 'pretrained' or 'scratch', got {policy!r}")
+    return ("pretrained" if pretrained else "scratch") if policy == "auto" else policy
+
+
+def policy_overrides(policy: str) -> dict:
+    return {"freeze_backbone_batch_norm": policy == "pretrained"}
+
+
+def apply_backbone_policy(model: torch.nn.Module, policy: str) -> str:
+    """For "scratch", make every backbone parameter trainable (the config's stage freezing is for pretrained
+    stems); returns a one-line description of what was done."""
+    backbone = [(n, p) for n, p in model.named_parameters() if "backbone" in n]
+    if policy == "scratch":
+        for _, p in backbone:
+            p.requires_grad_(True)
+        return "scratch: trainable BatchNorm, no backbone layer frozen (random backbone)"
+    frozen = sum(not p.requires_grad for _, p in backbone)
+    return f"pretrained: frozen BatchNorm, {frozen}/{len(backbone)} backbone tensors frozen (stem and early stages)"
+
+
+def label_kwargs(id2label: dict) -> dict:
+    return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "num_labels": len(id2label)}
+
+
+def load_model(config: TrainConfig, log=print) -> LoadedModel:
+    spec, overrides = config.model, dict(config.model_overrides or {})
+    path = Path(spec).expanduser()
+    if not (path / "config.json").exists() and spec not in preset_names() and spec == TrainConfig.model \
+            and config.fallback_model:
+        spec, overrides = fallback_spec(config.fallback_model)
+        log(f"WARNING: demo checkpoint {config.model} not found; training from scratch with {spec} instead "
+            f"(expect a much lower mAP; see scripts/configs/pretrain_shapes_a.yaml to make the checkpoint)")
+        path = Path(spec)
+    if spec in preset_names():
+        return from_preset(spec, overrides, config)
+    return from_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
+
+
+def fallback_spec(fallback: str) -> tuple[str, dict]:
+    """A preset name, or a training config file whose `model` / `model_overrides` define the architecture."""
+    if fallback.endswith((".yaml", ".yml", ".json")):
+        values = load_config_file(fallback)
+        return values["model"], dict(values.get("model_overrides") or {})
+    return fallback, {}
+
+
+def make_processor(kind: str, config: TrainConfig, base=None):
+    """The checkpoint's processor (or a fresh one) sized for this run's images."""
+    max_size = config.max_size or round(config.image_size * 1333 / 800)
+    size = {"shortest_edge": config.image_size, "longest_edge": max_size}
+    if base is None:
+        return processor_class(kind)(size=size)
+    base.size = size
+    return base
+
+
+def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
+    probe = preset_config(name, **overrides)
+    kind = kind_of(probe.model_type)
+    policy = resolve_policy(config.backbone_policy, bool(getattr(probe, "use_pretrained_backbone", False)))
+
+    def build(id2label, log):
+        model_config = preset_config(name, **{**overrides, **policy_overrides(policy), **label_kwargs(id2label)})
+        model = model_classes(kind)[1](model_config)
+        loaded.backbone_note = apply_backbone_policy(model, policy)
+        log(f"model: preset {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+            f"random weights); backbone {loaded.backbone_note}")
+        return model
+
+    loaded = LoadedModel(kind, f"preset {name} (random weights)", make_processor(kind, config), build=build)
+    return loaded
+
+
+def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedModel:
+    from transformers import AutoConfig, AutoImageProcessor
+
+    _modeling()  # registers detrkit's Auto classes
+    checkpoint_config = AutoConfig.from_pretrained(spec, **({"trust_remote_code": True} if "/" in spec else {}))
+    kind = kind_of(checkpoint_config.model_type)
+    policy = resolve_policy(config.backbone_policy, pretrained=True)
+    try:
+        processor = AutoImageProcessor.from_pretrained(spec)
+        if not hasattr(processor, "post_process_object_detection"):
+            raise TypeError
+    except (OSError, ValueError, TypeError):
+        processor = None
+    processor = make_processor(kind, config, processor)
+
+    def build(id2label, log):
+        cls = model_classes(kind)[1]
+        same_labels = {int(k): v for k, v in checkpoint_config.id2label.items()} == id2label
+        model, info = cls.from_pretrained(spec, **overrides, **policy_overrides(policy), **label_kwargs(id2label),
+                                          ignore_mismatched_sizes=not same_labels, output_loading_info=True)
+        check_loading(info, spec, allow_head=not same_labels)
+        head = "kept" if same_labels else f"new class head for {len(id2label)} classes (was " \
+                                          f"{len(checkpoint_config.id2label)})"
+        loaded.backbone_note = apply_backbone_policy(model, policy)
+        log(f"model: {spec}; {head}; backbone {loaded.backbone_note}")
+        return model
+
+    loaded = LoadedModel(kind, spec, processor, build=build)
+    return loaded
+
+
+def check_loading(info: dict, spec: str, allow_head: bool) -> None:
+    """Fail if anything but the class head was re-initialised (missing or shape-mismatched weights)."""
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
+    missing = list(info.get("missing_keys", []))
+    bad = [k for k in mismatched + missing if not (allow_head and any(h in k for h in HEAD_KEYS))]
+    if bad:
+        raise RuntimeError(f"loading {spec} would re-initialise {len(bad)} weight(s) besides the class head, e.g. "
+                           f"{sorted(bad)[:8]}; the checkpoint does not match this architecture "
+                           f"(check model_overrides)")
+
+
+def describe(model: torch.nn.Module) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{trainable / 1e6:.2f}M trainable parameters"
+
+
+def read_model_type(folder: str | Path) -> str:
+    return json.loads((Path(folder) / "config.json").read_text())["model_type"]
