@@ -118,13 +118,13 @@ class Problem:
 class InvalidDatasetError(ValueError):
     """Raised with ``on_error="raise"``; ``problems`` lists every bad record found, not just the first."""
 
-    def __init__(self, source: str, problems: list[Problem], total: int):
+    def __init__(self, source: str, problems: list[Problem], num_entries: int):
         self.problems = problems
         shown = "\n".join(f"  - {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(
-            f"{len(problems)} problem(s) in {len({p.image_id for p in problems})} of {total} records of {source}:\n"
-            f"{shown}{more}\nFix the data, or pass on_error='skip' to leave these images out."
+            f"{len(problems)} problem(s) in {source} ({num_entries} images):\n{shown}{more}\n"
+            f"Fix the data, or pass on_error='skip' to leave these images out."
         )
 
 
@@ -136,6 +136,7 @@ class DetectionData:
     categories: Categories
     problems: list[Problem] = field(default_factory=list)
     source: str = ""
+    num_skipped: int = 0  # images of the source left out because of the problems
 
     def __len__(self) -> int:
         return len(self.records)
@@ -150,10 +151,6 @@ class DetectionData:
     @property
     def label2id(self) -> dict[str, int]:
         return self.categories.label2id
-
-    @property
-    def num_skipped(self) -> int:
-        return len({p.image_id for p in self.problems})
 
 
 # --- images ----------------------------------------------------------------------------------------------------
@@ -246,13 +243,14 @@ def _check_record(image_id, image, width, height, objects: list[dict], category_
 
 
 def _validate(raw: Iterable[tuple], categories: Categories, category_of: dict, on_error: OnError, source: str,
-              check_images: bool, early: list[Problem] = (), category_key: str = "category") -> DetectionData:
-    """Check every raw record (image_id, image, width, height, objects), then raise or skip with a log."""
+              check_images: bool, num_entries: int, early: list[Problem] = (),
+              category_key: str = "category") -> DetectionData:
+    """Check every raw record (image_id, image, width, height, objects), then raise or skip with a log.
+    ``early`` holds problems the loader found while reading its ``num_entries`` image entries."""
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-    records, problems, seen, total = [], list(early), set(), 0
+    records, problems, seen = [], list(early), set()
     for image_id, image, width, height, objects in raw:
-        total += 1
         if image_id in seen:
             problems.append(Problem(image_id, "duplicate image id"))
             continue
@@ -262,15 +260,14 @@ def _validate(raw: Iterable[tuple], categories: Categories, category_of: dict, o
         problems.extend(Problem(image_id, m) for m in messages)
         if record is not None:
             records.append(record)
-    total += len({p.image_id for p in early})
     if problems and on_error == "raise":
-        raise InvalidDatasetError(source, problems, total)
-    data = DetectionData(records, categories, problems, source)
+        raise InvalidDatasetError(source, problems, num_entries)
+    data = DetectionData(records, categories, problems, source, num_skipped=num_entries - len(records))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... {len(problems) - 20} more in DetectionData.problems" if len(problems) > 20 else ""
-        logger.warning("skipped %d of %d records of %s (%d problems):\n%s%s",
-                       data.num_skipped, total, source, len(problems), lines, more)
+        logger.warning("%s: left out %d of %d images (%d problems):\n%s%s",
+                       source, data.num_skipped, num_entries, len(problems), lines, more)
     return data
 
 
@@ -310,7 +307,8 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path | None = None, 
             continue
         raw.append((img["id"], image_dir / img["file_name"], img.get("width"), img.get("height"),
                     by_image.get(img["id"], [])))
-    return _validate(raw, categories, category_of, on_error, source, check_images, early, "category_id")
+    return _validate(raw, categories, category_of, on_error, source, check_images, len(coco["images"]), early,
+                     "category_id")
 
 
 def _class_label_names(features) -> list[str] | None:
@@ -367,7 +365,7 @@ def _categories_from_values(values: list, class_names: list[str] | None):
 
 
 def _load_objects_table(rows: Iterable[tuple], class_names: list[str] | None, bbox_format: str, on_error: OnError,
-                        source: str, check_images: bool, early: list[Problem]) -> DetectionData:
+                        source: str, check_images: bool, num_entries: int, early: list[Problem]) -> DetectionData:
     """Shared by the ``datasets`` and imagefolder loaders: rows of (image_id, image, width, height, objects)."""
     to_xywh = _box_converter(bbox_format)
     parsed = []
@@ -379,7 +377,7 @@ def _load_objects_table(rows: Iterable[tuple], class_names: list[str] | None, bb
         parsed.append((image_id, image, width, height, [{**o, "bbox": to_xywh(o.get("bbox"))} for o in objs]))
     values = [o.get("category") for row in parsed for o in row[4] if o.get("category") is not None]
     categories, lookup = _categories_from_values(values, class_names)
-    return _validate(parsed, categories, lookup, on_error, source, check_images, early)
+    return _validate(parsed, categories, lookup, on_error, source, check_images, num_entries, early)
 
 
 def load_hf_dataset(dataset, class_names: list[str] | None = None, bbox_format: str = "xywh",
@@ -402,7 +400,8 @@ def load_hf_dataset(dataset, class_names: list[str] | None = None, bbox_format: 
         for index, row in enumerate(dataset):
             yield row.get("image_id", index), row["image"], row.get("width"), row.get("height"), row["objects"]
 
-    return _load_objects_table(rows(), class_names, bbox_format, on_error, "datasets.Dataset", check_images, [])
+    return _load_objects_table(rows(), class_names, bbox_format, on_error, "datasets.Dataset", check_images,
+                               len(dataset), [])
 
 
 def load_imagefolder(folder: str | Path, class_names: list[str] | None = None, bbox_format: str = "xywh",
@@ -434,7 +433,8 @@ def load_imagefolder(folder: str | Path, class_names: list[str] | None = None, b
             early.append(Problem(image_id, "missing field 'objects'"))
             continue
         rows.append((image_id, folder / meta["file_name"], meta.get("width"), meta.get("height"), meta["objects"]))
-    return _load_objects_table(rows, class_names, bbox_format, on_error, str(folder), check_images, early)
+    return _load_objects_table(rows, class_names, bbox_format, on_error, str(folder), check_images,
+                               len(rows) + len(early), early)
 
 
 def load_detection_data(source, split: str = "train", on_error: OnError = "raise", **kwargs) -> DetectionData:
