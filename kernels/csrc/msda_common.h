@@ -28,7 +28,7 @@ struct Sizes {
 };
 
 // Bilinear footprint of one sampling point, with grid_sample(align_corners=False, padding_mode="zeros")
-// semantics: location x in [0, 1] maps to the continuous pixel coordinate x * w - 0.5. Corners are
+// semantics: location x in [0, 1] maps to the continuous pixel coordinate x * w - 0.5 (source_index). Corners are
 // (y0, x0), (y0, x1), (y1, x0), (y1, x1); pixel[c] is the flat pixel index inside the level, or -1 where the
 // corner falls outside (zero padding). Returns false when no corner is inside (also for NaN locations), so
 // far-away points never reach the int conversion.
@@ -48,10 +48,19 @@ MSDA_HOST_DEVICE T msda_floor(T v) {
 #endif
 }
 
+// The pixel coordinate x * size - 0.5, computed with the reference's exact sequence of roundings
+// (grid = 2 * loc - 1, then ATen's grid_sampler_unnormalize), so a location that lands on an integer
+// coordinate (pixel centres: the offsets' initialisation) picks the same cell, hence the same one-sided
+// location gradient, as grid_sample. The CPU build uses -ffp-contract=off to keep these roundings.
+template <typename T>
+MSDA_HOST_DEVICE T source_index(T loc, int64_t size) {
+  const T grid = T(2) * loc - T(1);
+  return ((grid + T(1)) * static_cast<T>(size) - T(1)) / T(2);
+}
+
 template <typename T>
 MSDA_HOST_DEVICE bool bilinear_footprint(T loc_x, T loc_y, int64_t height, int64_t width, Footprint<T>& f) {
-  const T x = loc_x * static_cast<T>(width) - T(0.5);
-  const T y = loc_y * static_cast<T>(height) - T(0.5);
+  const T x = source_index(loc_x, width), y = source_index(loc_y, height);
   if (!(x > T(-1) && y > T(-1) && x < static_cast<T>(width) && y < static_cast<T>(height))) return false;
   const T x0f = msda_floor(x), y0f = msda_floor(y);
   const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
@@ -76,8 +85,7 @@ MSDA_HOST_DEVICE void footprint_grad(const Footprint<T>& f, const T dots[4], T& 
   dy = (T(1) - f.fx) * (dots[2] - dots[0]) + f.fx * (dots[3] - dots[1]);
 }
 
-#ifndef __CUDA_ARCH__
-// Checks what the Python layer guarantees (it gives the friendly errors); here only a safety net.
+// Host only. Checks what the Python layer guarantees (it gives the friendly errors); here only a safety net.
 inline Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
                           const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   TORCH_CHECK(value.dim() == 4 && sampling_locations.dim() == 6 && attention_weights.dim() == 5,
@@ -104,6 +112,5 @@ inline Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_sha
   }
   return n;
 }
-#endif
 
 }  // namespace msda
