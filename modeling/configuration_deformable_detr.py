@@ -28,6 +28,8 @@ class DeformableDetrConfig(DetrConfig):
         two_stage (`bool`): the encoder proposes boxes (a detection head on every pixel), the top
             `two_stage_num_proposals` seed the decoder's queries and reference points. Requires with_box_refine.
         focal_alpha (`float`): alpha of the sigmoid focal loss (gamma is 2, as the paper).
+        class_loss_coefficient (`float`): weight of the focal classification loss (transformers fixes it at 1;
+            the paper's presets use 2, with class_cost 2).
         disable_custom_kernels (`bool`): always use the pure-PyTorch attention op (e.g. for ONNX export).
     """
 
@@ -45,6 +47,7 @@ class DeformableDetrConfig(DetrConfig):
     two_stage: bool = False
     two_stage_num_proposals: int = 300
     focal_alpha: float = 0.25
+    class_loss_coefficient: float = 1.0
     disable_custom_kernels: bool = False
     # transformers' checkpoints tie the per-layer heads (all to layer 0 without box refinement, as the paper
     # shares them); keeping their default keeps their files loading with identical outputs.

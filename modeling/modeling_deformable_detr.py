@@ -95,6 +95,12 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
     config: DeformableDetrConfig
     _no_split_modules = ["ConvEncoder", "DeformableEncoderLayer", "DeformableDecoderLayer"]
 
+    def _initialize_weights(self, module, is_custom_code=False):
+        # For custom code transformers skips modules without parameters of their own (e.g. the attention
+        # module, the detection model), whose _init_weights sets their children. Every init here goes through
+        # transformers.initialization, which leaves loaded weights alone, so nothing needs that guard.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -117,7 +123,8 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
             # The first layer's boxes start small (sigmoid(-2) ~ 0.12 of the image) around the reference
             # points (the official code); two-stage proposals already carry a size.
             if not self.config.two_stage:
-                init.constant_(module.bbox_embed[0].layers[-1].bias[2:], -2.0)
+                # a whole-tensor copy: init's guard against overwriting loaded weights does not see slices
+                init.copy_(module.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
 
 
 class DeformableDetrModel(DeformableDetrPreTrainedModel):
