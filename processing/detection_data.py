@@ -173,13 +173,15 @@ def open_image(image: Any) -> Image.Image:
 def _image_size(image: Any, decode: bool) -> tuple[int, int] | str:
     """(width, height) of an image reference, or the reason it cannot be read. ``decode`` reads all pixels, so
     that a truncated file fails now, with its record, rather than inside a data-loader worker later."""
+    if isinstance(image, Image.Image):
+        return image.size
     if isinstance(image, (str, Path)) and not Path(image).is_file():
         return f"image file not found: {image}"
     try:
-        img = _open(image)
-        if decode:
-            img.load()
-        return img.size
+        with _open(image) as img:
+            if decode:
+                img.load()
+            return img.size
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, KeyError, TypeError) as err:
         return f"cannot decode image ({type(err).__name__}: {err})"
 
@@ -438,17 +440,16 @@ def load_imagefolder(folder: str | Path, class_names: list[str] | None = None, b
 
 
 def load_detection_data(source, split: str = "train", on_error: OnError = "raise", **kwargs) -> DetectionData:
-    """Load one split from whatever ``source`` is: a ``datasets`` Dataset/DatasetDict, a COCO json file, a folder
-    with ``annotations/instances_<split>.json`` (images in ``<split>/``), a folder with ``metadata.jsonl``
-    (or ``<split>/metadata.jsonl``), or a folder with a single ``*.json`` COCO file."""
-    try:
-        import datasets
-        if isinstance(source, datasets.DatasetDict):
-            return load_hf_dataset(source[split], on_error=on_error, **kwargs)
-        if isinstance(source, datasets.Dataset):
-            return load_hf_dataset(source, on_error=on_error, **kwargs)
-    except ImportError:  # pragma: no cover - datasets is a dependency, but the folder loaders do not need it
-        pass
+    """Load one split from whatever ``source`` is: a ``datasets`` Dataset or DatasetDict, a COCO json file, a folder
+    with ``annotations/instances_<split>.json`` (images in ``<split>/``, the COCO layout), a folder with
+    ``metadata.jsonl`` (or ``<split>/metadata.jsonl``), or a folder (or its ``<split>/``) holding a single COCO
+    ``*.json`` next to its images (the Roboflow export layout). ``kwargs`` go to the loader."""
+    import datasets
+
+    if isinstance(source, datasets.DatasetDict):
+        return load_hf_dataset(source[split], on_error=on_error, **kwargs)
+    if isinstance(source, datasets.Dataset):
+        return load_hf_dataset(source, on_error=on_error, **kwargs)
     path = Path(source)
     if path.is_file() and path.suffix == ".json":
         return load_coco(path, on_error=on_error, **kwargs)
@@ -458,9 +459,10 @@ def load_detection_data(source, split: str = "train", on_error: OnError = "raise
     for folder in (path / split, path):
         if (folder / "metadata.jsonl").is_file():
             return load_imagefolder(folder, on_error=on_error, **kwargs)
-    jsons = sorted(path.glob("*.json")) if path.is_dir() else []
-    if len(jsons) == 1:
-        return load_coco(jsons[0], on_error=on_error, **kwargs)
+    for folder in (path / split, path):
+        jsons = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if len(jsons) == 1:
+            return load_coco(jsons[0], on_error=on_error, **kwargs)
     raise FileNotFoundError(
-        f"cannot tell the layout of {source!r} for split {split!r}: expected a COCO json file, "
-        f"annotations/instances_{split}.json, metadata.jsonl, or a datasets Dataset")
+        f"cannot tell the layout of {str(source)!r} for split {split!r}: expected a COCO json file, "
+        f"annotations/instances_{split}.json, metadata.jsonl, a folder with one COCO json, or a datasets Dataset")

@@ -250,3 +250,25 @@ def test_categories_helpers():
     with pytest.raises(ValueError, match="duplicate"):
         Categories.from_names(["a", "a"])
     assert math.isclose(len(Categories.from_names("xyz")), 3)
+
+
+def test_dispatcher_finds_each_layout(shapes, tmp_path):
+    roboflow = tmp_path / "export" / "valid"
+    shutil.copytree(shapes.splits["val"][0], roboflow)
+    shutil.copy(shapes.splits["val"][1], roboflow / "_annotations.coco.json")
+    data = load_detection_data(tmp_path / "export", split="valid")
+    assert len(data) == 3 and data.id2label == shapes.id2label
+    with pytest.raises(FileNotFoundError, match="cannot tell the layout"):
+        load_detection_data(tmp_path / "nothing-here")
+
+
+def test_xyxy_boxes_are_converted(shapes, tmp_path):
+    folder = tmp_path / "folder"
+    lines = write_imagefolder(shapes, folder)
+    for line in lines:
+        line["objects"]["bbox"] = [[x, y, x + w, y + h] for x, y, w, h in line["objects"]["bbox"]]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    xyxy = load_imagefolder(folder, bbox_format="xyxy")
+    reference = load_detection_data(shapes.root, split="train")
+    for ours, theirs in zip(xyxy, reference):
+        assert [a["bbox"] for a in ours.annotations] == [a["bbox"] for a in theirs.annotations]  # whole pixels
