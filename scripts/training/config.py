@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "scripts" / "configs" / "finetune_shapes_b.yaml"
+
 
 @dataclass
 class TrainConfig:
@@ -25,6 +28,8 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)  # config kwargs (presets) or from_pretrained kwargs
     data: str = "shapes-b"  # built-in name, COCO folder, datasets path / Hub id, or imagefolder
     data_cache: str = "~/.cache/detrkit/data"  # where built-in sets are generated
+    builtin_num_train: int | None = None  # built-in set sizes (None: the generator's defaults, 512 / 128)
+    builtin_num_val: int | None = None
     train_split: str = "train"
     eval_split: str = "val"
     invalid_records: str = "skip"  # "skip" (reported) or "raise"
@@ -74,6 +79,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def repo_path(path: str | Path) -> Path:
+    """`path` as given if it exists, else relative to the repository (so the defaults work from any folder)."""
+    path = Path(path).expanduser()
+    return path if path.exists() or path.is_absolute() or not (REPO_ROOT / path).exists() else REPO_ROOT / path
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML or JSON config file into a dict (JSON is valid YAML, so one parser reads both)."""
     text = Path(path).read_text(encoding="utf-8")
@@ -110,7 +121,8 @@ def build_config(values: dict) -> TrainConfig:
 
 def argument_parser(description: str = "Train a DETR-family detector") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML or JSON file with any of the keys below")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML or JSON file with any of the keys below (the default is the demo fine-tuning)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key (repeatable); dotted keys reach into dict fields")
     defaults = TrainConfig()
@@ -124,7 +136,7 @@ def argument_parser(description: str = "Train a DETR-family detector") -> argpar
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """Defaults < --config file < --flags < --set overrides."""
     args = argument_parser().parse_args(argv)
-    values = load_config_file(args.config) if args.config else {}
+    values = load_config_file(repo_path(args.config)) if args.config else {}
     flags = [f"{name}={getattr(args, name)}" for name in TrainConfig.field_names() if getattr(args, name) is not None]
     return build_config(apply_overrides(values, flags + args.overrides))
 

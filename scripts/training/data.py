@@ -33,8 +33,10 @@ def resolve_source(config: TrainConfig, log=print):
     """A path or `datasets` object that `load_detection_data` understands."""
     name = str(config.data)
     if name in BUILTIN_DATASETS:
-        root = Path(config.data_cache).expanduser() / f"{name}-{config.image_size}px"
-        builtin = write_builtin_dataset(name, root, image_size=config.image_size)
+        sizes = {k: v for k, v in (("num_train", config.builtin_num_train), ("num_val", config.builtin_num_val)) if v}
+        suffix = "".join(f"-{v}" for v in sizes.values())
+        root = Path(config.data_cache).expanduser() / f"{name}-{config.image_size}px{suffix}"
+        builtin = write_builtin_dataset(name, root, image_size=config.image_size, **sizes)
         log(f"data: built-in {name} in {builtin.root}")
         return builtin.root
     path = Path(name).expanduser()

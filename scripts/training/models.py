@@ -13,14 +13,13 @@ trainable) otherwise, and says which.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .config import TrainConfig, load_config_file
+from .config import TrainConfig, load_config_file, repo_path
 
 HEAD_KEYS = ("class_embed", "class_labels_classifier")  # detrkit / transformers names of the class head
 DETR_TYPES = ("detrkit_detr", "detr")
@@ -113,9 +112,9 @@ def label_kwargs(id2label: dict) -> dict:
 
 def load_model(config: TrainConfig, log=print) -> LoadedModel:
     spec, overrides = config.model, dict(config.model_overrides or {})
-    path = Path(spec).expanduser()
-    if not (path / "config.json").exists() and spec not in preset_names() and spec == TrainConfig.model \
-            and config.fallback_model:
+    path = repo_path(spec)
+    if not (path / "config.json").exists() and spec not in preset_names() and config.fallback_model \
+            and spec == TrainConfig.model:
         spec, overrides = fallback_spec(config.fallback_model)
         log(f"WARNING: demo checkpoint {config.model} not found; training from scratch with {spec} instead "
             f"(expect a much lower mAP; see scripts/configs/pretrain_shapes_a.yaml to make the checkpoint)")
@@ -128,7 +127,7 @@ def load_model(config: TrainConfig, log=print) -> LoadedModel:
 def fallback_spec(fallback: str) -> tuple[str, dict]:
     """A preset name, or a training config file whose `model` / `model_overrides` define the architecture."""
     if fallback.endswith((".yaml", ".yml", ".json")):
-        values = load_config_file(fallback)
+        values = load_config_file(repo_path(fallback))
         return values["model"], dict(values.get("model_overrides") or {})
     return fallback, {}
 
@@ -201,11 +200,3 @@ def check_loading(info: dict, spec: str, allow_head: bool) -> None:
                            f"{sorted(bad)[:8]}; the checkpoint does not match this architecture "
                            f"(check model_overrides)")
 
-
-def describe(model: torch.nn.Module) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return f"{trainable / 1e6:.2f}M trainable parameters"
-
-
-def read_model_type(folder: str | Path) -> str:
-    return json.loads((Path(folder) / "config.json").read_text())["model_type"]
