@@ -5,6 +5,7 @@
     model outputs (logits, pred_boxes)                  ->  detections with absolute (x0, y0, x1, y1) boxes
 
 Annotation conventions, the same for every entry point:
+- `area` defaults to the box's width * height and `iscrowd` to 0 when absent.
 - Crowd objects (`iscrowd=1`) are dropped, as DETR trains without them.
 - Boxes are clipped to the image; boxes with zero width or height (given so, or after clipping) are dropped.
   A box of positive size lying entirely outside the image is an error: it means the coordinates are wrong
@@ -191,6 +192,12 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int) ->
             f"annotation of image {index}: expected COCO detection format {{'image_id', 'annotations': "
             f"[{{'bbox', 'category_id', ...}}]}}, got {found}{hint}"
         )
+    try:
+        image_id = int(annotation["image_id"])
+    except (TypeError, ValueError) as error:
+        raise DetrProcessingError(
+            f"annotation of image {index}: 'image_id' must be an integer, got {annotation['image_id']!r}"
+        ) from error
     objects = annotation["annotations"]
     if not isinstance(objects, (list, tuple)):
         raise DetrProcessingError(f"image {index}: 'annotations' must be a list, got {type(objects).__name__}")
@@ -238,7 +245,7 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int) ->
     keep = (torch.tensor(crowd, dtype=torch.int64) == 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     classes = torch.tensor(classes, dtype=torch.int64)[keep]
     return {
-        "image_id": torch.tensor([int(annotation["image_id"])], dtype=torch.int64),
+        "image_id": torch.tensor([image_id], dtype=torch.int64),
         "class_labels": classes,
         "boxes": boxes[keep],
         "area": torch.tensor(areas, dtype=torch.float32)[keep],
@@ -454,7 +461,7 @@ class DetrImageProcessor(TorchvisionBackend):
         return_tensors,
         **kwargs,
     ) -> BatchFeature:
-        if str(format) not in ("coco_detection", "AnnotationFormat.COCO_DETECTION"):
+        if getattr(format, "value", format) != "coco_detection":  # a string or transformers' AnnotationFormat
             raise DetrProcessingError(f"annotation format {format!r} is not supported; use 'coco_detection'")
         targets = None
         if annotations is not None:

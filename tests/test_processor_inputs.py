@@ -113,6 +113,7 @@ BAD_ANNOTATIONS = [
     ({"annotations": []}, r"annotation of image 0: expected COCO detection format"),
     ({"image_id": 1, "file_name": "x.png", "segments_info": []}, r"COCO panoptic annotations are not supported"),
     ({"image_id": 1, "annotations": {"bbox": [1, 2, 3, 4]}}, r"image 0: 'annotations' must be a list"),
+    ({"image_id": "cat.jpg", "annotations": []}, r"annotation of image 0: 'image_id' must be an integer"),
     ([[box([1, 2, 3, 4])]], r"annotation of image 0: expected COCO detection format"),
 ]
 

@@ -157,3 +157,16 @@ def test_deformable_keeps_top_k_over_queries_and_classes():
     assert detections["labels"].tolist() == [2, 0, 1]  # query 3 class 2, then query 0 class 0, class 1
     assert_close(detections["scores"], torch.tensor([6.0, 5.0, 4.0]).sigmoid())
     assert_close(detections["boxes"][1], detections["boxes"][2])  # one query, two classes, one box
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_processing_on_cuda_matches_cpu():
+    images, annotations = mixed_batch()
+    processor = DetrImageProcessor(size=SIZES[0])
+    cpu = processor(images, annotations=annotations)
+    cuda = processor(images, annotations=annotations, device="cuda")
+    assert cuda["pixel_values"].device.type == "cuda"
+    # CUDA's bilinear resize rounds uint8 differently from the CPU kernel: at most one grey level apart.
+    assert_close(cuda["pixel_values"].cpu(), cpu["pixel_values"], atol=1.01 / 255 / 0.224, rtol=0)
+    assert torch.equal(cuda["pixel_mask"].cpu(), cpu["pixel_mask"])
+    assert_same_labels(cuda["labels"], cpu["labels"])
