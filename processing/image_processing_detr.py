@@ -270,9 +270,9 @@ def normalize_target_boxes(target: dict) -> dict:
     return dict(target, boxes=boxes / torch.tensor([width, height, width, height], dtype=torch.float32))
 
 
-def target_to_padded_canvas(target: dict, padded_size: tuple[int, int], update_boxes: bool) -> dict:
-    """Re-express normalized boxes relative to the padded canvas (transformers' convention)."""
-    height, width = target["size"].tolist()
+def target_to_padded_canvas(target: dict, image_size, padded_size, update_boxes: bool) -> dict:
+    """Re-express boxes normalized over image_size (h, w) relative to the padded canvas (transformers' convention)."""
+    height, width = image_size
     target = dict(target, size=torch.tensor(padded_size, dtype=torch.int64))
     if update_boxes:
         ratio_h, ratio_w = height / padded_size[0], width / padded_size[1]
@@ -497,7 +497,10 @@ class DetrImageProcessor(TorchvisionBackend):
             data["pixel_values"], data["pixel_mask"] = batch_images(images, padded_size, scale, bias)
             if targets is not None and normalize_boxes_to_padded_image:
                 canvas = tuple(data["pixel_values"].shape[-2:])
-                targets = [target_to_padded_canvas(t, canvas, do_convert_annotations) for t in targets]
+                targets = [
+                    target_to_padded_canvas(target, image.shape[-2:], canvas, do_convert_annotations)
+                    for target, image in zip(targets, images)
+                ]
         else:
             if len({tuple(image.shape) for image in images}) > 1:
                 raise DetrProcessingError(
@@ -543,7 +546,10 @@ class DetrImageProcessor(TorchvisionBackend):
             update_bboxes = self.do_convert_annotations if update_bboxes is None else update_bboxes
             canvas = tuple(pixel_values.shape[-2:])
             if self.normalize_boxes_to_padded_image:
-                annotations = [target_to_padded_canvas(dict(a), canvas, update_bboxes) for a in annotations]
+                annotations = [
+                    target_to_padded_canvas(a, image.shape[-2:], canvas, update_bboxes)
+                    for a, image in zip(annotations, images)
+                ]
             encoded["labels"] = [BatchFeature(dict(a), tensor_type=return_tensors) for a in annotations]
         return encoded
 
