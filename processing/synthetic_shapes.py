@@ -95,11 +95,11 @@ _STYLES = {
         classes=tuple((f"{family} {shape}", shape, hues) for shape in ("circle", "square", "triangle", "star",
                                                                         "ellipse", "cross")
                       for family, hues in (("red", _RED), ("blue", _BLUE))),
-        objects_per_image=(1, 8), small_fraction=0.4, small_diameter=(11, 22), diameter=(22, 46),
+        objects_per_image=(1, 8), small_fraction=0.3, small_diameter=(12, 22), diameter=(24, 50),
         background="light-clutter", textures=(0.6, 0.2, 0.2)),
     "shapes-b": _Style(
         classes=tuple((shape, shape, None) for shape in ("ring", "hexagon", "arrow", "heart", "crescent")),
-        objects_per_image=(1, 6), small_fraction=0.0, small_diameter=(0, 0), diameter=(20, 48),
+        objects_per_image=(1, 6), small_fraction=0.0, small_diameter=(0, 0), diameter=(22, 52),
         background="dark-gradient", textures=(0.7, 0.3, 0.0)),
 }
 BUILTIN_DATASETS = tuple(_STYLES)
@@ -150,20 +150,20 @@ def _background(style: _Style, size: int, rng: np.random.Generator) -> np.ndarra
     return img + rng.normal(0, 0.015, img.shape).astype(np.float32)
 
 
-def _fill(style: _Style, hues: tuple[float, float] | None, size: int, rng: np.random.Generator) -> np.ndarray:
-    """An object's paint: a jittered colour of its family, solid or with stripes/noise texture."""
+def _paint(style: _Style, hues: tuple[float, float] | None, ys: np.ndarray, xs: np.ndarray,
+           rng: np.random.Generator) -> np.ndarray:
+    """Colours (N, 3) for an object's pixels (ys, xs): a jittered colour of its family, solid or textured."""
     if hues is None:  # any bright colour
         colour = _hsv(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
     else:
         colour = _hsv(rng.uniform(*hues), rng.uniform(0.6, 1.0), rng.uniform(0.55, 0.95))
     kind = rng.choice(3, p=style.textures)
-    paint = np.broadcast_to(colour, (size, size, 3)).copy()
+    paint = np.tile(colour, (len(ys), 1))
     if kind == 1:  # stripes of the colour and a darker shade
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         angle, period = rng.uniform(0, math.pi), rng.uniform(4, 8)
-        stripe = ((xx * math.cos(angle) + yy * math.sin(angle)) / period) % 1.0 < 0.5
+        stripe = ((xs * math.cos(angle) + ys * math.sin(angle)) / period) % 1.0 < 0.5
         paint[stripe] *= 0.6
-    elif kind == 2:
+    elif kind == 2:  # per-pixel noise
         paint += rng.normal(0, 0.1, paint.shape).astype(np.float32)
     return paint
 
@@ -219,7 +219,8 @@ def draw_image(name: str, size: int, rng: np.random.Generator, max_overlap: floa
         mask = _polygon_mask(layers, centre, radius, angle, size)
         if mask.sum() < 4:
             continue
-        img[mask] = _fill(style, hues, size, rng)[mask]
+        ys, xs = np.nonzero(mask)
+        img[ys, xs] = _paint(style, hues, ys, xs, rng)
         for other in objects:  # the new object hides what lies under it
             other[1] &= ~mask
         placed_boxes.append(box)
