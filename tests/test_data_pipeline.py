@@ -75,3 +75,27 @@ def test_a_dataloader_with_workers_and_the_metric_round_trip(setup):
     results = coco_evaluate(predictions, [r.target() for r in records], records.id2label)
     assert results["map"] == pytest.approx(1.0)
     assert coco_evaluate(predictions, references, records.id2label)["map"] == pytest.approx(1.0)
+
+
+class TinyDetector(torch.nn.Module):
+    """Stands in for a detector: the loss touches pixels, mask and every label field the models read."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, pixel_values, pixel_mask, labels):
+        assert isinstance(labels, list) and all(l["boxes"].ndim == 2 for l in labels)
+        boxes = torch.cat([l["boxes"] for l in labels]).sum() + sum(l["class_labels"].sum() for l in labels)
+        return {"loss": self.weight * (pixel_values * pixel_mask[:, None]).mean() + 0 * boxes}
+
+
+def test_hf_trainer_runs_with_the_collator(setup, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    records, processor, recipe = setup
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, report_to=[],
+                             use_cpu=True, save_strategy="no", logging_strategy="no", dataloader_num_workers=0)
+    trainer = Trainer(model=TinyDetector(), args=args, data_collator=DetectionCollator(processor),
+                      train_dataset=DetectionDataset(records, processor, detr_train_transforms(recipe)))
+    assert trainer.train().global_step == 2

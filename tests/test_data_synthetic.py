@@ -9,6 +9,9 @@ from pycocotools import mask as mask_utils
 from detrkit.processing.detection_data import load_detection_data
 from detrkit.processing.synthetic_shapes import BUILTIN_DATASETS, builtin_categories, write_builtin_dataset
 
+# pycocotools decode triggers a numpy 2 DeprecationWarning of its own
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 def written(root, name="shapes-a", seed=0, **kwargs):
     kwargs = {"num_train": 6, "num_val": 3, "image_size": 96, **kwargs}
