@@ -1,8 +1,17 @@
 """Shared fixtures for the DETR model and Hub tests: tiny configs (2-core CI) and random-weight checkpoints
 written by transformers' own DETR classes."""
 
-import pytest
-import torch
+import sys
+from pathlib import Path
+
+# `python -m pytest` (the README's command) puts the repository root on sys.path, where the kernels/ folder
+# would pass for the third-party `kernels` package that transformers probes for at import (a circular-import
+# error). detrkit itself is imported through its installation, so the root is not needed on the path.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # resnet18, d_model 32, one encoder and two decoder layers: small enough for CI, deep enough for auxiliary losses
 SMALL = dict(
