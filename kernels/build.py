@@ -139,8 +139,7 @@ def _pip_cuda_includes(cuda_home: str) -> list[str]:
 def _cpu_flags() -> tuple[list[str], str]:
     """Compiler flags and the part of the cache key they depend on. -march=native makes the head-dim loops
     use the widest vector unit; it ties the binary to this CPU, so the CPU's feature flags go into the key."""
-    # at::parallel_for is OpenMP code inlined from the headers; no FMA contraction: see source_index().
-    flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP code inlined from the headers
     machine_key = platform.machine()
     if platform.machine() in ("x86_64", "AMD64") and os.environ.get("DETRKIT_PORTABLE_BUILD") != "1":
         flags.append("-march=native")

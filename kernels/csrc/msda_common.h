@@ -51,11 +51,17 @@ MSDA_HOST_DEVICE T msda_floor(T v) {
 // The pixel coordinate x * size - 0.5, computed with the reference's exact sequence of roundings
 // (grid = 2 * loc - 1, then ATen's grid_sampler_unnormalize), so a location that lands on an integer
 // coordinate (pixel centres: the offsets' initialisation) picks the same cell, hence the same one-sided
-// location gradient, as grid_sample. The CPU build uses -ffp-contract=off to keep these roundings.
+// location gradient, as grid_sample. On the host the product goes through a volatile so that the compiler
+// cannot fuse it into an FMA (ATen's CPU grid_sample rounds it); nvcc fuses it as it does in ATen's kernel.
 template <typename T>
 MSDA_HOST_DEVICE T source_index(T loc, int64_t size) {
   const T grid = T(2) * loc - T(1);
+#ifdef __CUDA_ARCH__
   return ((grid + T(1)) * static_cast<T>(size) - T(1)) / T(2);
+#else
+  volatile T scaled = (grid + T(1)) * static_cast<T>(size);
+  return (scaled - T(1)) / T(2);
+#endif
 }
 
 template <typename T>

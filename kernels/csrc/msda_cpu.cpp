@@ -16,11 +16,42 @@
 namespace msda {
 namespace {
 
-// acc[d] += w * v[d]
+// acc += sum_c w[c] * v_c over the head dimension (restrict parameters: no aliasing checks, one clean loop).
 template <typename scalar_t, typename acc_t, int kD>
-inline void axpy(acc_t* __restrict acc, const scalar_t* __restrict v, acc_t w, int64_t runtime_d) {
+inline void blend_corners(acc_t* __restrict acc, const scalar_t* __restrict v0, const scalar_t* __restrict v1,
+                          const scalar_t* __restrict v2, const scalar_t* __restrict v3, const acc_t w[4],
+                          int64_t runtime_d) {
   const int64_t D = kD > 0 ? kD : runtime_d;
-  for (int64_t d = 0; d < D; ++d) acc[d] += w * static_cast<acc_t>(v[d]);
+  const acc_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t d = 0; d < D; ++d) {
+    acc[d] += w0 * static_cast<acc_t>(v0[d]) + w1 * static_cast<acc_t>(v1[d]) + w2 * static_cast<acc_t>(v2[d]) +
+              w3 * static_cast<acc_t>(v3[d]);
+  }
+}
+
+// dots[c] = <g, v_c> and gv_c += w[c] * g for the four corners in one pass over the head dimension.
+template <typename scalar_t, typename acc_t, int kD>
+inline void corner_grads(const acc_t* __restrict g, const scalar_t* __restrict v0, const scalar_t* __restrict v1,
+                         const scalar_t* __restrict v2, const scalar_t* __restrict v3, acc_t* __restrict gv0,
+                         acc_t* __restrict gv1, acc_t* __restrict gv2, acc_t* __restrict gv3, const acc_t w[4],
+                         acc_t dots[4], int64_t runtime_d) {
+  const int64_t D = kD > 0 ? kD : runtime_d;
+  const acc_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+  // omp simd: allows reassociating the four sums, so the dot products vectorise too.
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t gd = g[d];
+    d0 += gd * static_cast<acc_t>(v0[d]);
+    d1 += gd * static_cast<acc_t>(v1[d]);
+    d2 += gd * static_cast<acc_t>(v2[d]);
+    d3 += gd * static_cast<acc_t>(v3[d]);
+    gv0[d] += w0 * gd;
+    gv1[d] += w1 * gd;
+    gv2[d] += w2 * gd;
+    gv3[d] += w3 * gd;
+  }
+  dots[0] = d0, dots[1] = d1, dots[2] = d2, dots[3] = d3;
 }
 
 template <typename scalar_t, int kD>
@@ -29,9 +60,11 @@ void forward_impl(const scalar_t* value, const int64_t* shapes, const int64_t* s
                   const Sizes n) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = kD > 0 ? kD : n.D, row = n.H * D, points = n.L * n.P;
+  const std::vector<scalar_t> zeros(D, scalar_t(0));
   // One task = one (b, q) with all its heads; queries are independent, so no synchronisation.
   at::parallel_for(0, n.B * n.Q, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(D);
+    std::vector<acc_t> acc_buffer(D);
+    acc_t* __restrict acc = acc_buffer.data();
     for (int64_t bq = begin; bq < end; ++bq) {
       const int64_t b = bq / n.Q;
       for (int64_t h = 0; h < n.H; ++h) {
@@ -39,7 +72,7 @@ void forward_impl(const scalar_t* value, const int64_t* shapes, const int64_t* s
         const acc_t* loc_g = loc + group * points * 2;
         const acc_t* attn_g = attn + group * points;
         const scalar_t* value_bh = value + b * n.S * row + h * D;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t d = 0; d < D; ++d) acc[d] = 0;
         for (int64_t l = 0; l < n.L; ++l) {
           const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
           const scalar_t* value_l = value_bh + starts[l] * row;
@@ -47,9 +80,13 @@ void forward_impl(const scalar_t* value, const int64_t* shapes, const int64_t* s
             const int64_t i = l * n.P + p;
             Footprint<acc_t> f;
             if (!bilinear_footprint(loc_g[2 * i], loc_g[2 * i + 1], height, width, f)) continue;
+            const scalar_t* v[4];
+            acc_t w[4];
             for (int c = 0; c < 4; ++c) {
-              if (f.pixel[c] >= 0) axpy<scalar_t, acc_t, kD>(acc.data(), value_l + f.pixel[c] * row, attn_g[i] * f.weight[c], D);
+              v[c] = f.pixel[c] >= 0 ? value_l + f.pixel[c] * row : zeros.data();
+              w[c] = attn_g[i] * f.weight[c];
             }
+            blend_corners<scalar_t, acc_t, kD>(acc, v[0], v[1], v[2], v[3], w, D);
           }
         }
         scalar_t* out_g = out + group * D;
@@ -70,8 +107,10 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* value, const int64_
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = kD > 0 ? kD : n.D, row = n.H * D, points = n.L * n.P;
   const int64_t queries_per_chunk = (n.Q + chunks - 1) / chunks;
+  const std::vector<scalar_t> zeros(D, scalar_t(0));
   at::parallel_for(0, chunks * n.B * n.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> g(D);
+    std::vector<acc_t> g_buffer(D), scratch(4 * D);
+    const acc_t* __restrict g = g_buffer.data();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t chunk = task / (n.B * n.H), b = task / n.H % n.B, h = task % n.H;
       const scalar_t* value_bh = value + b * n.S * row + h * D;
@@ -81,38 +120,34 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* value, const int64_
         const int64_t group = (b * n.Q + q) * n.H + h;
         const acc_t* loc_g = loc + group * points * 2;
         const acc_t* attn_g = attn + group * points;
-        for (int64_t d = 0; d < D; ++d) g[d] = static_cast<acc_t>(grad_out[group * D + d]);
+        acc_t* grad_loc_g = grad_loc + group * points * 2;
+        acc_t* grad_attn_g = grad_attn + group * points;
+        for (int64_t d = 0; d < D; ++d) g_buffer[d] = static_cast<acc_t>(grad_out[group * D + d]);
         for (int64_t l = 0; l < n.L; ++l) {
           const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
           const int64_t level_offset = starts[l] * row;
           for (int64_t p = 0; p < n.P; ++p) {
             const int64_t i = l * n.P + p;
             Footprint<acc_t> f;
-            acc_t dots[4] = {0, 0, 0, 0};  // <grad_out, v_corner>
-            if (bilinear_footprint(loc_g[2 * i], loc_g[2 * i + 1], height, width, f)) {
-              for (int c = 0; c < 4; ++c) {
-                if (f.pixel[c] < 0) continue;
-                const scalar_t* __restrict v = value_bh + level_offset + f.pixel[c] * row;
-                acc_t* __restrict gv = grad_value_bh + level_offset + f.pixel[c] * row;
-                const acc_t w = attn_g[i] * f.weight[c];
-                acc_t dot = 0;
-                for (int64_t d = 0; d < D; ++d) {
-                  dot += g[d] * static_cast<acc_t>(v[d]);
-                  gv[d] += w * g[d];
-                }
-                dots[c] = dot;
-              }
-              acc_t dx, dy;
-              footprint_grad(f, dots, dx, dy);
-              grad_attn[group * points + i] = f.weight[0] * dots[0] + f.weight[1] * dots[1] + f.weight[2] * dots[2] +
-                                              f.weight[3] * dots[3];
-              grad_loc[(group * points + i) * 2] = attn_g[i] * static_cast<acc_t>(width) * dx;
-              grad_loc[(group * points + i) * 2 + 1] = attn_g[i] * static_cast<acc_t>(height) * dy;
-            } else {
-              grad_attn[group * points + i] = 0;
-              grad_loc[(group * points + i) * 2] = 0;
-              grad_loc[(group * points + i) * 2 + 1] = 0;
+            if (!bilinear_footprint(loc_g[2 * i], loc_g[2 * i + 1], height, width, f)) {
+              grad_attn_g[i] = grad_loc_g[2 * i] = grad_loc_g[2 * i + 1] = 0;
+              continue;
             }
+            const scalar_t* v[4];
+            acc_t* gv[4];
+            acc_t w[4], dots[4];  // dots[c] = <grad_out, v_c>, 0 for padded corners
+            for (int c = 0; c < 4; ++c) {
+              const bool inside = f.pixel[c] >= 0;
+              v[c] = inside ? value_bh + level_offset + f.pixel[c] * row : zeros.data();
+              gv[c] = inside ? grad_value_bh + level_offset + f.pixel[c] * row : scratch.data() + c * D;
+              w[c] = attn_g[i] * f.weight[c];
+            }
+            corner_grads<scalar_t, acc_t, kD>(g, v[0], v[1], v[2], v[3], gv[0], gv[1], gv[2], gv[3], w, dots, D);
+            acc_t dx, dy;
+            footprint_grad(f, dots, dx, dy);
+            grad_attn_g[i] = f.weight[0] * dots[0] + f.weight[1] * dots[1] + f.weight[2] * dots[2] + f.weight[3] * dots[3];
+            grad_loc_g[2 * i] = attn_g[i] * static_cast<acc_t>(width) * dx;
+            grad_loc_g[2 * i + 1] = attn_g[i] * static_cast<acc_t>(height) * dy;
           }
         }
       }
