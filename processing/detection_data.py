@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "Categories", "DetectionData", "DetectionRecord", "InvalidDatasetError", "Problem",
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 OnError = Literal["skip", "raise"]
 # Boxes may overshoot the image by rounding; within this many pixels they are clipped, beyond it reported.
 BOX_TOLERANCE = 1.0
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -163,25 +165,36 @@ def _open(image: Any) -> Image.Image:
     return Image.open(image)
 
 
+def _orientation(img: Image.Image) -> int:
+    return img.getexif().get(EXIF_ORIENTATION, 1)
+
+
 def open_image(image: Any) -> Image.Image:
-    """Decode an image reference (path, PIL image, or ``datasets`` ``{"bytes", "path"}`` dict) to RGB."""
+    """Decode an image reference (path, PIL image, or ``datasets`` ``{"bytes", "path"}`` dict) to upright RGB.
+
+    EXIF orientation is applied, as ``datasets`` and the image processor do, so sizes and boxes refer to the
+    image as viewers show it (a file annotated in raw orientation shows up as a size mismatch in validation)."""
     img = _open(image)
     img.load()
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)  # also drops the tag, so nothing downstream turns it again
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def _image_size(image: Any, decode: bool) -> tuple[int, int] | str:
     """(width, height) of an image reference, or the reason it cannot be read. ``decode`` reads all pixels, so
     that a truncated file fails now, with its record, rather than inside a data-loader worker later."""
-    if isinstance(image, Image.Image):
-        return image.size
     if isinstance(image, (str, Path)) and not Path(image).is_file():
         return f"image file not found: {image}"
     try:
-        with _open(image) as img:
-            if decode:
-                img.load()
-            return img.size
+        if isinstance(image, Image.Image):
+            width, height, orientation = *image.size, _orientation(image)
+        else:
+            with _open(image) as img:
+                if decode:
+                    img.load()
+                width, height, orientation = *img.size, _orientation(img)
+        return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, KeyError, TypeError) as err:
         return f"cannot decode image ({type(err).__name__}: {err})"
 

@@ -272,3 +272,21 @@ def test_xyxy_boxes_are_converted(shapes, tmp_path):
     reference = load_detection_data(shapes.root, split="train")
     for ours, theirs in zip(xyxy, reference):
         assert [a["bbox"] for a in ours.annotations] == [a["bbox"] for a in theirs.annotations]  # whole pixels
+
+
+def test_exif_orientation_is_applied_like_datasets_and_the_processor(tmp_path):
+    from detrkit.processing.detection_data import open_image
+
+    raw = Image.new("RGB", (40, 20), (255, 0, 0))
+    raw.paste((0, 0, 255), (0, 0, 10, 20))  # blue on the left of the stored pixels
+    exif = raw.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    raw.save(path, exif=exif, quality=95)
+    upright = open_image(path)
+    assert upright.size == (20, 40) and upright.getpixel((10, 2))[2] > 200  # blue now on top
+    assert upright.getexif().get(0x0112, 1) == 1
+    (tmp_path / "metadata.jsonl").write_text(json.dumps(
+        {"file_name": "rotated.jpg", "width": 20, "height": 40, "objects": {"bbox": [[0, 0, 20, 10]], "category": ["a"]}}))
+    data = load_imagefolder(tmp_path)
+    assert (data[0].width, data[0].height) == (20, 40) and not data.problems
