@@ -192,7 +192,11 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         object_query = self.enc_output_norm(self.enc_output(object_query))
         enc_outputs_class = self.decoder.class_embed[-1](object_query)
         enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + proposals
-        topk = torch.topk(enc_outputs_class[..., 0], self.config.two_stage_num_proposals, dim=1).indices
+        num_proposals = self.config.two_stage_num_proposals
+        if num_proposals > memory.shape[1]:
+            raise ValueError(f"two_stage_num_proposals ({num_proposals}) exceeds the {memory.shape[1]} encoder "
+                             f"positions of this input size {spatial_shapes}: use larger images or fewer proposals")
+        topk = torch.topk(enc_outputs_class[..., 0], num_proposals, dim=1).indices
         topk_coords_logits = torch.gather(enc_outputs_coord_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
         reference_points = topk_coords_logits.sigmoid()
         query_embed = self.pos_trans_norm(self.pos_trans(

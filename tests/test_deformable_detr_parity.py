@@ -97,3 +97,20 @@ def test_our_checkpoint_round_trips_into_transformers(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(pixel_values, pixel_mask).logits, theirs(pixel_values, pixel_mask).logits,
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_default_size_two_stage_model(tmp_path):
+    """R50, d_model 256, 6+6 layers, 300 queries from proposals: once at the paper's size."""
+    torch.manual_seed(0)
+    theirs = transformers.DeformableDetrForObjectDetection(
+        transformers.DeformableDetrConfig(with_box_refine=True, two_stage=True)
+    ).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = DeformableDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    pixel_values = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        expected, actual = theirs(pixel_values), ours(pixel_values)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="two_stage_num_proposals"):
+        ours(torch.randn(1, 3, 64, 64))
