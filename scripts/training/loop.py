@@ -66,6 +66,8 @@ def train(config: TrainConfig) -> dict:
     train_loader, eval_loader, sampler, train_set = make_loaders(config, data, accelerator)
 
     world = accelerator.num_processes
+    accelerator.print(f"accelerate: {accelerator.distributed_type.value}, {world} process(es), device "
+                      f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
     batches_per_epoch = len(train_loader) // world  # per process, after accelerate shards the batches
     steps_per_epoch = max(1, batches_per_epoch // config.gradient_accumulation_steps)
     if batches_per_epoch == 0:
@@ -169,8 +171,9 @@ def train(config: TrainConfig) -> dict:
         state.update(epoch=epoch + 1, batches_in_epoch=0, loss_sum=0.0, loss_count=0)
         checkpoint(best=best)
 
-    accelerator.end_training()
-    return finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics)
+    metrics = finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics)
+    accelerator.end_training()  # after the final evaluation: it tears the process group down
+    return metrics
 
 
 def finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics):
