@@ -131,7 +131,7 @@ def array_to_tensor(image, index: int) -> torch.Tensor:
 
 
 def to_rgb(image: torch.Tensor, index: int) -> torch.Tensor:
-    """(C, H, W) with C in {1, 3, 4} -> (3, H, W); RGBA composited onto white."""
+    """(C, H, W) with C in {1, 3, 4} -> (3, H, W); RGBA composited onto white (alpha 0-255 if uint8, else 0-1)."""
     channels = image.shape[0]
     if channels == 1:
         return image.expand(3, -1, -1)

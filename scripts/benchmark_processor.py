@@ -3,7 +3,7 @@
 Workload: 8 PIL images 640x480 with 5 COCO boxes each, full preprocessing (resize to 800x1066, rescale,
 normalize, pad, pixel mask, labels). Prints both rates and their ratio; the machine's noise cancels in the ratio.
 
-    python scripts/benchmark_processor.py [--repeats 20] [--threads 2]
+    python scripts/benchmark_processor.py [--repeats 30] [--threads 2]
 """
 import argparse
 import time
@@ -31,35 +31,35 @@ def workload(num_images=8, height=480, width=640, boxes_per_image=5, seed=0):
     return images, annotations
 
 
-def images_per_second(processor, images, annotations, repeats):
-    processor(images, annotations=annotations, return_tensors="pt")  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def seconds_per_batch(processors, images, annotations, repeats):
+    """Median time of one full call for each processor, calls alternating so that load drifts hit all alike."""
+    times = {name: [] for name in processors}
+    for name, processor in processors.items():  # warm-up
         processor(images, annotations=annotations, return_tensors="pt")
-        times.append(time.perf_counter() - start)
-    return len(images) / float(np.median(times))
+    for _ in range(repeats):
+        for name, processor in processors.items():
+            start = time.perf_counter()
+            processor(images, annotations=annotations, return_tensors="pt")
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     images, annotations = workload()
-    ours, theirs = DetrImageProcessor(), TransformersDetrImageProcessor()
-    # Interleave rounds so that load changes on a shared machine hit both sides alike.
-    rates = {"detrkit": [], "transformers": []}
-    for _ in range(3):
-        rates["transformers"].append(images_per_second(theirs, images, annotations, args.repeats))
-        rates["detrkit"].append(images_per_second(ours, images, annotations, args.repeats))
-    ours_rate, theirs_rate = max(rates["detrkit"]), max(rates["transformers"])
-    print(f"workload: {len(images)} images 640x480, 5 boxes each -> {tuple(ours(images)['pixel_values'].shape)}")
-    print(f"transformers DetrImageProcessor ({theirs.backend}): {theirs_rate:7.1f} images/s")
-    print(f"detrkit DetrImageProcessor:                 {ours_rate:7.1f} images/s")
-    print(f"ratio detrkit / transformers: {ours_rate / theirs_rate:.2f}x")
+    processors = {"transformers": TransformersDetrImageProcessor(), "detrkit": DetrImageProcessor()}
+    seconds = seconds_per_batch(processors, images, annotations, args.repeats)
+    ours, theirs = len(images) / seconds["detrkit"], len(images) / seconds["transformers"]
+    shape = tuple(processors["detrkit"](images)["pixel_values"].shape)
+    print(f"workload: {len(images)} images 640x480, 5 boxes each -> {shape}, median of {args.repeats} calls each")
+    print(f"transformers DetrImageProcessor ({processors['transformers'].backend}): {theirs:7.1f} images/s")
+    print(f"detrkit DetrImageProcessor:                 {ours:7.1f} images/s")
+    print(f"ratio detrkit / transformers: {ours / theirs:.2f}x")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def test_array_and_tensor_inputs_match_pil():
     expected = processor(pil)["pixel_values"]
     theirs = transformers.DetrImageProcessor(size=SIZES[0])(pil, return_tensors="pt")["pixel_values"]
     assert_close(expected, theirs, atol=1e-5, rtol=0)
-    for image in (hwc, chw, torch.from_numpy(chw), torch.from_numpy(hwc), [hwc], hwc[None], torch.from_numpy(chw)[None]):
+    batched = (torch.from_numpy(chw)[None], hwc[None], [hwc])
+    for image in (hwc, chw, torch.from_numpy(chw), torch.from_numpy(hwc), *batched):
         assert_close(processor(image)["pixel_values"], expected, atol=1e-5, rtol=0)
     # A float image goes through bilinear resize without uint8 rounding: close, not equal.
     as_float = processor(torch.from_numpy(chw).float())["pixel_values"]
