@@ -20,7 +20,9 @@ def _register_auto_classes():
                                    ("DeformableDetrConfig", DeformableDetrImageProcessor)):
         config = getattr(modeling, config_name, None)
         if config is not None:
-            AutoImageProcessor.register(config, fast_image_processor_class=processor, exist_ok=True)
+            # Both backend keys: transformers would otherwise fill "pil" with its own DETR processor.
+            AutoImageProcessor.register(config, image_processor_classes={"torchvision": processor, "pil": processor},
+                                        exist_ok=True)
 
 
 _register_auto_classes()

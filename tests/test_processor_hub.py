@@ -49,8 +49,9 @@ def test_auto_image_processor_follows_the_detrkit_config(tmp_path):
     """A folder whose processor config names no class is resolved through the model config's registration."""
     DetrConfig(backbone="resnet18", use_pretrained_backbone=False).save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 32, "longest_edge": 64}}))
-    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path)
-    assert type(processor) is DetrImageProcessor and processor.size.shortest_edge == 32
+    for backend in ("torchvision", "pil"):  # a PIL request must not fall back to transformers' own class
+        processor = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
+        assert type(processor) is DetrImageProcessor and processor.size.shortest_edge == 32
 
 
 def test_transformers_configs_load(tmp_path):
