@@ -14,7 +14,9 @@ training.png, metrics.json, model/ (save_pretrained + model card) and prediction
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Python puts this folder first on sys.path, where evaluate.py would shadow the `evaluate` package: move it last.
+HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != HERE] + [HERE]
 
 from training.config import parse_config  # noqa: E402
 from training.loop import train  # noqa: E402

@@ -38,8 +38,7 @@ def draw(image: Image.Image, detections: dict, id2label: dict) -> torch.Tensor:
     labels = [f"{id2label.get(int(l), int(l))} {float(s):.2f}" for l, s in zip(detections["labels"], detections["scores"])]
     if not labels:
         return canvas
-    return draw_bounding_boxes(canvas, detections["boxes"].float() * scale, labels=labels, colors="yellow", width=2,
-                               font_size=max(10, 4 * scale))
+    return draw_bounding_boxes(canvas, detections["boxes"].float() * scale, labels=labels, colors="yellow", width=2)
 
 
 def save_grid(drawings: list[torch.Tensor], path: str | Path, columns: int = 4) -> None:
