@@ -24,7 +24,9 @@ DEFAULT_CONFIG = REPO_ROOT / "scripts" / "configs" / "finetune_shapes_b.yaml"
 class TrainConfig:
     # what to train and on what
     model: str = "checkpoints/deformable-detr-shapes-a"  # preset name, local folder or Hub id
-    fallback_model: str | None = "deformable-detr-demo"  # preset used (with a warning) if `model` is a missing folder
+    # used, with a warning, while `model` is a missing checkpoints/ folder: a preset, or a config file whose
+    # model / model_overrides define the architecture (trained from scratch)
+    fallback_model: str | None = "scripts/configs/pretrain_shapes_a.yaml"
     model_overrides: dict = field(default_factory=dict)  # config kwargs (presets) or from_pretrained kwargs
     data: str = "shapes-b"  # built-in name, COCO folder, datasets path / Hub id, or imagefolder
     data_cache: str = "~/.cache/detrkit/data"  # where built-in sets are generated

@@ -113,11 +113,11 @@ def label_kwargs(id2label: dict) -> dict:
 def load_model(config: TrainConfig, log=print) -> LoadedModel:
     spec, overrides = config.model, dict(config.model_overrides or {})
     path = repo_path(spec)
-    if not (path / "config.json").exists() and spec not in preset_names() and config.fallback_model \
-            and spec == TrainConfig.model:
+    # checkpoints/ holds the checkpoints the repository ships; until one is there, fall back (loudly)
+    if not (path / "config.json").exists() and spec.startswith("checkpoints/") and config.fallback_model:
         spec, overrides = fallback_spec(config.fallback_model)
-        log(f"WARNING: demo checkpoint {config.model} not found; training from scratch with {spec} instead "
-            f"(expect a much lower mAP; see scripts/configs/pretrain_shapes_a.yaml to make the checkpoint)")
+        log(f"WARNING: checkpoint {config.model} not found; training {spec} from scratch instead (fallback_model "
+            f"{config.fallback_model}; expect a much lower mAP; scripts/configs/pretrain_shapes_a.yaml makes it)")
         path = Path(spec)
     if spec in preset_names():
         return from_preset(spec, overrides, config)
