@@ -74,9 +74,6 @@ class MultiScaleDeformableAttention(nn.Module):
         """
         batch_size, num_queries, _ = query.shape
         _, sequence_length, _ = value.shape
-        if sequence_length != int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()):
-            raise ValueError(f"value has {sequence_length} positions but spatial_shapes {spatial_shapes.tolist()} "
-                             "describe a different number")
 
         value = self.value_proj(value)
         if value_padding_mask is not None:

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .backbone import Backbone, ConvEncoder
 from .configuration_deformable_detr import DeformableDetrConfig
@@ -29,58 +28,37 @@ from .deformable_transformer import (
     proposal_position_embedding,
 )
 from .loss import SetCriterion, compute_set_loss
-from .modeling_detr import MLP, DetrPreTrainedModel, _check_inputs, _return
+from .modeling_detr import (
+    MLP,
+    DetrModelOutput,
+    DetrObjectDetectionOutput,
+    DetrPreTrainedModel,
+    _check_inputs,
+    _return,
+)
 from .position_encoding import build_position_encoding
 
 
 @dataclass
-class DeformableDetrModelOutput(ModelOutput):
-    """
+class DeformableDetrModelOutput(DetrModelOutput):
+    """DETR's fields, with intermediate_hidden_states (B, num_decoder_layers, Q, C) always returned, plus:
     init_reference_points (B, Q, 2 or 4): reference points fed to the first decoder layer.
-    last_hidden_state (B, Q, C): output of the last decoder layer.
-    intermediate_hidden_states (B, num_decoder_layers, Q, C) and intermediate_reference_points
-        (B, num_decoder_layers, Q, 2 or 4): every decoder layer's output and the reference points it produced.
+    intermediate_reference_points (B, num_decoder_layers, Q, 2 or 4): those each decoder layer produced.
     enc_outputs_class (B, S, num_labels), enc_outputs_coord_logits (B, S, 4): two-stage encoder proposals
-        (scores, box logits) for every pixel of every level.
+        (scores, box logits) at every pixel of every level.
     """
 
     init_reference_points: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    intermediate_hidden_states: torch.Tensor | None = None
     intermediate_reference_points: torch.Tensor | None = None
-    decoder_hidden_states: tuple[torch.Tensor] | None = None
-    decoder_attentions: tuple[torch.Tensor] | None = None
-    cross_attentions: tuple[torch.Tensor] | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor] | None = None
-    encoder_attentions: tuple[torch.Tensor] | None = None
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
 
 
 @dataclass
-class DeformableDetrObjectDetectionOutput(ModelOutput):
-    """
-    loss, loss_dict: weighted total and its terms (suffix `_i` for decoder layer i, `_enc` for the two-stage
-        proposals), when labels are given.
-    logits (B, Q, num_labels): sigmoid class logits (no "no object" class); pred_boxes (B, Q, 4) normalized
-        (cx, cy, w, h) relative to each image's unpadded size.
-    auxiliary_outputs: list of {"logits", "pred_boxes"} of the earlier decoder layers (with auxiliary_loss).
-    Other fields as DeformableDetrModelOutput.
-    """
+class DeformableDetrObjectDetectionOutput(DetrObjectDetectionOutput):
+    """DETR's fields (loss, loss_dict with `_enc` terms for two-stage proposals, auxiliary_outputs, ...) with
+    sigmoid logits (B, Q, num_labels), no "no object" class; plus the DeformableDetrModelOutput extras."""
 
-    loss: torch.Tensor | None = None
-    loss_dict: dict | None = None
-    logits: torch.Tensor | None = None
-    pred_boxes: torch.Tensor | None = None
-    auxiliary_outputs: list[dict] | None = None
-    last_hidden_state: torch.Tensor | None = None
-    decoder_hidden_states: tuple[torch.Tensor] | None = None
-    decoder_attentions: tuple[torch.Tensor] | None = None
-    cross_attentions: tuple[torch.Tensor] | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor] | None = None
-    encoder_attentions: tuple[torch.Tensor] | None = None
     init_reference_points: torch.Tensor | None = None
     intermediate_hidden_states: torch.Tensor | None = None
     intermediate_reference_points: torch.Tensor | None = None
@@ -206,7 +184,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         return query_pos, tgt, reference_points, enc_outputs_class, enc_outputs_coord_logits
 
     def forward(self, pixel_values, pixel_mask=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, **kwargs):
+                return_dict=None):
         """pixel_values (B, 3, H, W); pixel_mask (B, H, W) 1 on image pixels, 0 on padding (default all 1)."""
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
@@ -301,7 +279,7 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None):
         """labels: optional list (one per image) of {"class_labels" (T,), "boxes" (T, 4) normalized cxcywh}."""
         outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
         hidden = outputs.intermediate_hidden_states  # (B, layers, Q, C)
@@ -335,23 +313,8 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             loss, loss_dict = compute_set_loss(criterion, predictions, labels)
 
         result = DeformableDetrObjectDetectionOutput(
-            loss=loss,
-            loss_dict=loss_dict,
-            logits=logits,
-            pred_boxes=pred_boxes,
-            auxiliary_outputs=auxiliary_outputs,
-            last_hidden_state=outputs.last_hidden_state,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            init_reference_points=outputs.init_reference_points,
-            intermediate_hidden_states=outputs.intermediate_hidden_states,
-            intermediate_reference_points=outputs.intermediate_reference_points,
-            enc_outputs_class=outputs.enc_outputs_class,
-            enc_outputs_coord_logits=outputs.enc_outputs_coord_logits,
+            loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs, **outputs,
         )
         return _return(result, return_dict, self.config)
 
