@@ -48,6 +48,7 @@ class TrainConfig:
     # optimisation (None -> the model's paper recipe, see `resolve_recipe`)
     epochs: int = 12
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
+    max_train_minutes: float | None = None  # stop training (then evaluate and export) after this long
     batch_size: int = 8  # per process
     eval_batch_size: int | None = None
     gradient_accumulation_steps: int = 1

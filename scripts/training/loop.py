@@ -14,7 +14,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, read_index, resolve_resume, save_checkpoint
 from .config import TrainConfig, resolve_recipe
 from .data import load_data
 from .evaluation import evaluate, format_table
@@ -109,7 +109,14 @@ def train(config: TrainConfig) -> dict:
 
     last_metrics = None
     started = time.time()
-    while state["epoch"] < config.epochs and not (config.max_steps and state["global_step"] >= config.max_steps):
+
+    def out_of_time() -> bool:  # the same answer on every process, or they would stop at different steps
+        if not config.max_train_minutes:
+            return False
+        late = torch.tensor(float(time.time() - started > 60 * config.max_train_minutes), device=accelerator.device)
+        return bool(accelerator.reduce(late, reduction="max").item())
+    while state["epoch"] < config.epochs and not (config.max_steps and state["global_step"] >= config.max_steps) \
+            and not out_of_time():
         epoch = state["epoch"]
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
@@ -144,6 +151,9 @@ def train(config: TrainConfig) -> dict:
             accelerator.log(logs, step=state["global_step"])
             if config.max_steps and state["global_step"] >= config.max_steps:
                 break
+            if out_of_time():
+                accelerator.print(f"max_train_minutes ({config.max_train_minutes}) reached at step {state['global_step']}")
+                break
             if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0:
                 checkpoint()
         progress.close()
@@ -158,6 +168,7 @@ def train(config: TrainConfig) -> dict:
         best = False
         if (config.eval_every and (epoch + 1) % config.eval_every == 0) or is_last:
             last_metrics = evaluate(model, eval_loader, loaded.processor, data, accelerator)
+            state["eval_step"] = state["global_step"]
             record.update({k: last_metrics[k] for k in last_metrics if isinstance(last_metrics[k], float)})
             accelerator.log({f"eval/{k}": v for k, v in record.items() if k.startswith("ma")}, step=state["global_step"])
             accelerator.print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  AP {last_metrics['map']:.4f}  "
@@ -180,14 +191,15 @@ def finish(config, accelerator, model, loaded, data, eval_loader, state, last_me
     """Export the best model (by AP) as a Hub-ready folder with its metrics and a predictions drawing."""
     output = Path(config.output_dir)
     unwrapped = accelerator.unwrap_model(model)
-    best = state.get("best_metrics")
-    if best is not None and last_metrics is not None and best["map"] > last_metrics["map"]:
-        from .checkpoint import read_index
+    if last_metrics is None or state.get("eval_step") != state["global_step"]:  # trained past the last evaluation
+        last_metrics = evaluate(model, eval_loader, loaded.processor, data, accelerator)
+    metrics, best = last_metrics, state.get("best_metrics")
+    if best is not None and best["map"] > last_metrics["map"]:
         best_dir = output / "checkpoints" / read_index(output / "checkpoints")["best"]
-        accelerator.load_state(str(best_dir))  # restores the best weights (RNG no longer matters)
-        accelerator.print(f"exporting the best epoch ({state['best_epoch']}, AP {best['map']:.4f})")
-    metrics = best if best is not None else (last_metrics or evaluate(model, eval_loader, loaded.processor, data,
-                                                                     accelerator))
+        accelerator.load_state(str(best_dir))  # the best weights (RNG states no longer matter)
+        accelerator.print(f"exporting the best epoch ({state['best_epoch']}, AP {best['map']:.4f} > last "
+                          f"{last_metrics['map']:.4f})")
+        metrics = best
     if accelerator.is_main_process:
         export = output / "model"
         unwrapped.save_pretrained(export)
