@@ -4,7 +4,9 @@ Each (implementation, measurement) runs in its own subprocess so peak RSS belong
 Random weights, fp32, 1x3x800x1066 by default. Prints median latency, peak RSS and the ratios
 (transformers / detrkit: above 1 means detrkit is faster / smaller).
 
-    python scripts/benchmark_detr.py [--threads 2] [--repeats 5] [--height 800 --width 1066]
+    python scripts/benchmark_detr.py [--threads 2] [--repeats 5] [--rounds 2] [--height 800 --width 1066]
+
+On a shared machine, rounds alternate the two implementations so load changes hit both alike.
 """
 
 import argparse
@@ -13,6 +15,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+import torch
+import transformers
 
 WORKER = """
 import json, resource, sys, time, torch
@@ -55,15 +60,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
     args = parser.parse_args()
-    print(f"DETR R50 forward, 1x3x{args.height}x{args.width}, fp32, {args.threads} threads, {args.repeats} runs")
-    results = {}
-    for impl in ("transformers", "detrkit"):  # interleaving would not help: each run is its own process
-        results[impl] = run(impl, args)
-        median = statistics.median(results[impl]["times"]) * 1000
-        print(f"  {impl:12s} median {median:8.1f} ms   peak RSS {results[impl]['rss_gib']:.2f} GiB")
+    print(f"DETR R50 forward, 1x3x{args.height}x{args.width}, fp32, {args.threads} threads, "
+          f"{args.rounds} rounds x {args.repeats} runs, torch {torch.__version__}, transformers {transformers.__version__}")
+    results = {impl: {"times": [], "rss_gib": 0.0} for impl in ("transformers", "detrkit")}
+    for _ in range(args.rounds):
+        for impl, result in results.items():
+            run_result = run(impl, args)
+            result["times"] += run_result["times"]
+            result["rss_gib"] = max(result["rss_gib"], run_result["rss_gib"])
+    for impl, result in results.items():
+        median = statistics.median(result["times"]) * 1000
+        print(f"  {impl:12s} median {median:8.1f} ms   peak RSS {result['rss_gib']:.2f} GiB")
     t_ref, t_ours = (statistics.median(results[k]["times"]) for k in ("transformers", "detrkit"))
     m_ref, m_ours = (results[k]["rss_gib"] for k in ("transformers", "detrkit"))
     print(f"  speed-up (transformers / detrkit latency): {t_ref / t_ours:.2f}x")
