@@ -26,10 +26,10 @@ def _load_ours(path):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(SMALL),
+        dict(SMALL, auxiliary_loss=True),
         dict(SMALL, dilation=True, position_embedding_type="learned"),
     ],
-    ids=["small", "small-dc5-learned"],
+    ids=["small-aux", "small-dc5-learned"],
 )
 def test_small_parity_padded_batch_and_loss(tmp_path, kwargs):
     reference = _transformers_checkpoint(tmp_path, **kwargs)
@@ -90,3 +90,18 @@ def test_base_model_loads_from_detection_checkpoint(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(base(x).last_hidden_state, reference.model(x).last_hidden_state, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_parity_padded_batch_and_loss(tmp_path):
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    reference = _transformers_checkpoint(tmp_path, **dict(SMALL, auxiliary_loss=True)).cuda()
+    ours = _load_ours(tmp_path).cuda()
+    pixel_values, pixel_mask = (t.cuda() for t in padded_batch())
+    labels = [{k: v.cuda() for k, v in t.items()} for t in random_labels(2, SMALL["num_labels"], counts=[2, 1])]
+    with torch.no_grad():
+        expected = reference(pixel_values, pixel_mask=pixel_mask, labels=labels)
+        actual = ours(pixel_values, pixel_mask=pixel_mask, labels=labels)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-4, rtol=1e-4)
