@@ -49,7 +49,7 @@ def test_fine_tune_replaces_only_the_class_head_and_writes_every_output(shapes_a
     log = run("train.py", "--model", shapes_a_checkpoint, "--data", "shapes-b", "--data-cache", tmp_path / "data",
               "--output-dir", out, "--lr", "0", *SMALL_RUN)
     assert "new class head for 5 classes (was 12)" in log
-    assert "backbone pretrained: frozen BatchNorm" in log
+    assert "backbone pretrained: frozen BatchNorm, 5/20 backbone tensors frozen" in log  # ResNet-18 stem + layer1
 
     before = load_file(shapes_a_checkpoint / "model.safetensors")
     after = load_file(out / "model" / "model.safetensors")
