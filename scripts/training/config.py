@@ -115,11 +115,23 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """YAML 1.1 reads `2e-4` (no dot) as a string: turn numeric strings into the field's number type."""
+    if not isinstance(value, str) or not ("float" in annotation or "int" in annotation):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"config key {name!r}: expected a number, got {value!r}") from None
+    return int(number) if "float" not in annotation and number.is_integer() else number
+
+
 def build_config(values: dict) -> TrainConfig:
     unknown = sorted(set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; valid keys: {TrainConfig.field_names()}")
-    return TrainConfig(**values)
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: _coerce(k, v, types[k]) for k, v in values.items()})
 
 
 def argument_parser(description: str = "Train a DETR-family detector") -> argparse.ArgumentParser:

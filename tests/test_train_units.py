@@ -1,0 +1,149 @@
+"""Fast checks of the training helpers: configuration, the papers' parameter groups and schedules, checkpoint
+loading checks, reproducible sampling, history files."""
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from training.config import TrainConfig, apply_overrides, parse_config, resolve_recipe  # noqa: E402
+from training.history import append_record, read_history, truncate_history  # noqa: E402
+from training.models import apply_backbone_policy, check_loading, resolve_policy  # noqa: E402
+from training.optim import build_scheduler, lr_factor, parameter_groups  # noqa: E402
+from training.sampling import EpochShuffleSampler, SeededAugmentation  # noqa: E402
+
+
+def test_no_arguments_is_the_demo_fine_tuning():
+    config = parse_config([])
+    assert config.model == "checkpoints/deformable-detr-shapes-a" and config.data == "shapes-b"
+    assert config.output_dir == "outputs/demo"
+    assert config.fallback_model.endswith("pretrain_shapes_a.yaml")
+
+
+def test_file_then_flags_then_set_overrides(tmp_path):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"batch_size": 4, "lr": 1e-3, "model_overrides": {"d_model": 64}}))
+    config = parse_config(["--config", str(file), "--batch-size", "16", "--set", "lr=2e-4",
+                           "--set", "model_overrides.num_queries=50", "--scales", "[96, 128]"])
+    assert config.batch_size == 16 and config.lr == 2e-4 and config.scales == [96, 128]
+    assert config.model_overrides == {"d_model": 64, "num_queries": 50}
+    assert config.epochs == TrainConfig().epochs  # untouched keys keep the defaults, not the demo file's
+
+
+def test_bad_keys_are_named():
+    with pytest.raises(ValueError, match="unknown config key.*'bacth_size'"):
+        parse_config(["--set", "bacth_size=3"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        apply_overrides({}, ["lr"])
+
+
+def test_recipe_defaults_per_model():
+    config = TrainConfig(epochs=12)
+    assert resolve_recipe(config, "detr", 10).lr == 1e-4
+    deformable = resolve_recipe(config, "deformable", 10)
+    assert deformable.lr == 2e-4 and deformable.lr_drop_epoch == 8 and deformable.eval_batch_size == config.batch_size
+
+
+@pytest.fixture(scope="module")
+def tiny_deformable():
+    from detrkit.modeling import DeformableDetrForObjectDetection, config_from_preset
+
+    return DeformableDetrForObjectDetection(config_from_preset(
+        "deformable-detr", backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        num_queries=5, num_labels=3, num_feature_levels=2))
+
+
+def test_parameter_groups_follow_the_paper(tiny_deformable):
+    groups = {g["name"]: g for g in parameter_groups(tiny_deformable, lr=2e-4)}
+    assert groups["main"]["lr"] == 2e-4
+    assert groups["backbone"]["lr"] == pytest.approx(2e-5) and groups["linear_proj"]["lr"] == pytest.approx(2e-5)
+    names = {id(p): n for n, p in tiny_deformable.named_parameters()}
+    assert all("backbone" in names[id(p)] for p in groups["backbone"]["params"])
+    proj = {names[id(p)] for p in groups["linear_proj"]["params"]}
+    assert any("sampling_offsets" in n for n in proj) and any("reference_points" in n for n in proj)
+    grouped = sum(len(g["params"]) for g in groups.values())
+    assert grouped == sum(p.requires_grad for p in tiny_deformable.parameters())  # frozen stem/layer1 left out
+    assert all(g["weight_decay"] == 1e-4 for g in groups.values())
+
+
+def test_backbone_policy(tiny_deformable):
+    assert resolve_policy("auto", pretrained=True) == "pretrained"
+    assert resolve_policy("auto", pretrained=False) == "scratch"
+    note = apply_backbone_policy(tiny_deformable, "pretrained")
+    assert note.startswith("pretrained") and "5/20" in note
+    assert not any(p.requires_grad for n, p in tiny_deformable.named_parameters() if ".layer1." in n)
+    assert apply_backbone_policy(tiny_deformable, "scratch").startswith("scratch")
+    assert all(p.requires_grad for p in tiny_deformable.parameters())
+
+
+def test_schedules():
+    assert [lr_factor(s, 100, "step", drop_step=60) for s in (0, 59, 60, 99)] == [1, 1, 0.1, 0.1]
+    assert lr_factor(0, 100, "cosine") == 1 and lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    assert lr_factor(4, 100, "step", warmup_steps=10) == pytest.approx(0.5)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, 10, "step", drop_step=3)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr() == [pytest.approx(0.1)]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        build_scheduler(optimizer, 10, "linear")
+
+
+def test_loading_check_allows_only_the_class_head():
+    head_only = {"mismatched_keys": [("class_embed.0.weight", (12, 8), (5, 8))], "missing_keys": []}
+    check_loading(head_only, "ckpt", allow_head=True)
+    with pytest.raises(RuntimeError, match="besides the class head"):
+        check_loading(head_only, "ckpt", allow_head=False)
+    with pytest.raises(RuntimeError, match="input_proj"):
+        check_loading({"mismatched_keys": [], "missing_keys": ["model.input_proj.0.0.weight"]}, "ckpt", True)
+
+
+def test_sampling_depends_on_seed_and_epoch_only():
+    sampler = EpochShuffleSampler(20, seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == list(range(20))
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(2), random.random()
+
+    data = SeededAugmentation(Noisy(), seed=0)
+    a = data[1]
+    torch.manual_seed(123)
+    random.seed(7)
+    state = torch.get_rng_state()
+    b = data[1]
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG (dropout's) is left alone
+    data.set_epoch(1)
+    assert not torch.equal(data[1][0], a[0])
+
+
+def test_history_survives_a_resume(tmp_path):
+    path = tmp_path / "history.jsonl"
+    for epoch in (1, 2, 3):
+        append_record(path, {"epoch": epoch, "train_loss": 1.0 / epoch})
+    truncate_history(path, 2)  # killed after epoch 3's record, before its checkpoint
+    append_record(path, {"epoch": 3, "train_loss": 0.25})
+    assert [r["train_loss"] for r in read_history(path)] == [1.0, 0.5, 0.25]
+
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("lr: 2e-4\nweight_decay: 1e-4\nepochs: 3\n")  # YAML 1.1 would keep 2e-4 a string
+    config = parse_config(["--config", str(file), "--set", "clip_grad_norm=1e-1"])
+    assert (config.lr, config.weight_decay, config.clip_grad_norm, config.epochs) == (2e-4, 1e-4, 0.1, 3)
+    with pytest.raises(ValueError, match="'batch_size': expected a number"):
+        parse_config(["--batch-size", "eight"])
