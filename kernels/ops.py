@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import torch
 
-from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
-
 from .build import load_kernel
+
+
+def reference(*args):
+    # Imported on use: detrkit.modeling imports detrkit.kernels, so importing it here at load time would be
+    # circular (and the model would silently miss the kernels when detrkit.kernels is imported first).
+    from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention
+
+    return multi_scale_deformable_attention(*args)
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:

@@ -67,12 +67,13 @@ def test_matches_reference_fp32(case):
 
 
 def test_borders_and_pixel_centres():
-    """Locations on level borders and exactly on pixel centres (where the bilinear gradient switches cells)."""
+    """Locations on level borders, exactly on pixel centres (where the bilinear gradient switches cells) and
+    exactly one pixel outside (x = -1: zero output, non-zero location gradient)."""
     shapes = [(4, 5), (1, 1)]
-    value, spatial_shapes, starts, _, weights = make_inputs(shapes, batch=1, queries=25, heads=1, points=1)
-    grid = torch.tensor([0.0, 1.0, 0.1, 0.5, 0.9], dtype=torch.float64)
-    xy = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(25, 2)
-    locations = xy[None, :, None, None, None, :].expand(1, 25, 1, 2, 1, 2).contiguous()
+    value, spatial_shapes, starts, _, weights = make_inputs(shapes, batch=1, queries=81, heads=1, points=1)
+    grid = torch.tensor([0.0, 1.0, 0.1, 0.5, 0.9, -0.125, 1.125, -0.1, 1.1], dtype=torch.float64)
+    xy = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(81, 2)
+    locations = xy[None, :, None, None, None, :].expand(1, 81, 1, 2, 1, 2).contiguous()
     compare((value, spatial_shapes, starts, locations, weights), atol=1e-10, rtol=1e-10)
 
 
@@ -229,3 +230,28 @@ def test_arch_flags_and_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("DETRKIT_CACHE", str(tmp_path))
     assert build.build_directory("cpu").parent == tmp_path
     assert torch.__version__.split("+")[0] in build.build_directory("cpu").name
+
+
+def test_deformable_detr_same_with_kernel_and_reference(monkeypatch):
+    """The whole model (freshly initialised: sampling points sit exactly on pixel centres, where the location
+    gradient is one-sided) gives the same outputs, loss and gradients with the kernel and the reference."""
+    from test_deformable_detr_parity import SMALL, VARIANTS, padded_batch
+
+    from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    kernel_calls = []
+    monkeypatch.setattr(kernels, "msda_forward", lambda *args: kernel_calls.append(1) or kernels.ops.msda_forward(*args))
+    pixel_values, pixel_mask, labels = padded_batch()
+    results = []
+    for disable in (False, True):
+        kernel_calls.clear()
+        torch.manual_seed(0)
+        config = DeformableDetrConfig(**SMALL, **VARIANTS["box-refine"], dropout=0.0, disable_custom_kernels=disable)
+        model = DeformableDetrForObjectDetection(config).train()
+        outputs = model(pixel_values, pixel_mask, labels=labels)
+        outputs.loss.backward()
+        offsets = model.model.encoder.layers[0].self_attn.sampling_offsets
+        results.append((outputs.logits, outputs.pred_boxes, outputs.loss, offsets.weight.grad, offsets.bias.grad))
+        assert bool(kernel_calls) != disable  # encoder + decoder layers went through the kernel, or none did
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

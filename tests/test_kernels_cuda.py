@@ -67,11 +67,11 @@ def test_half_types_accumulate_in_fp32(dtype, case):
 @needs_gpu
 def test_pixel_centres_misaligned_and_empty():
     # Locations exactly on pixel centres and borders: the same one-sided gradients as grid_sample on CUDA.
-    value, shapes, starts, _, weights = make_inputs([(4, 5), (1, 1)], batch=1, queries=25, heads=1, points=1,
+    value, shapes, starts, _, weights = make_inputs([(4, 5), (1, 1)], batch=1, queries=81, heads=1, points=1,
                                                     dtype=torch.float32)
-    grid = torch.tensor([0.0, 1.0, 0.1, 0.5, 0.9])
-    xy = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(25, 2)
-    locations = xy[None, :, None, None, None, :].expand(1, 25, 1, 2, 1, 2).contiguous()
+    grid = torch.tensor([0.0, 1.0, 0.1, 0.5, 0.9, -0.125, 1.125, -0.1, 1.1])
+    xy = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(81, 2)
+    locations = xy[None, :, None, None, None, :].expand(1, 81, 1, 2, 1, 2).contiguous()
     compare(on_gpu((value, shapes, starts, locations, weights)), atol=1e-5, rtol=1e-5)
     # A contiguous value whose data pointer is not 16-byte aligned falls back to scalar loads.
     value, shapes, starts, locations, weights = on_gpu(make_inputs([(5, 6)], head_dim=8, dtype=torch.float32))

@@ -67,7 +67,8 @@ MSDA_HOST_DEVICE T source_index(T loc, int64_t size) {
 template <typename T>
 MSDA_HOST_DEVICE bool bilinear_footprint(T loc_x, T loc_y, int64_t height, int64_t width, Footprint<T>& f) {
   const T x = source_index(loc_x, width), y = source_index(loc_y, height);
-  if (!(x > T(-1) && y > T(-1) && x < static_cast<T>(width) && y < static_cast<T>(height))) return false;
+  // x == -1 is kept: its only in-bounds corner has weight 0 but still a location gradient.
+  if (!(x >= T(-1) && y >= T(-1) && x < static_cast<T>(width) && y < static_cast<T>(height))) return false;
   const T x0f = msda_floor(x), y0f = msda_floor(y);
   const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
   f.fx = x - x0f;

@@ -5,12 +5,15 @@
 // handles one (b, q, h); each lane owns VEC consecutive channels of the head dimension (16-byte loads when
 // the alignment allows) and loops if D > tpg * VEC. Any B, Q, H, D, L, P works: there is no im2col step.
 // Backward: lanes reduce their partial dot products with warp shuffles, so one lane writes each location /
-// weight gradient (no atomics there); grad_value is scattered with atomicAdd into an opmath buffer.
+// weight gradient (no atomics there); grad_value is scattered with atomicAdd into an opmath (fp32 for the
+// half types) buffer, 16-byte vector atomics on sm_90+.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "msda_common.h"
 
@@ -23,6 +26,26 @@ template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Vec {
   scalar_t v[VEC];
 };
+
+// grad[0:VEC] += values, with one vector atomic per 4 (or 2) floats where the hardware has them (sm_90+).
+template <typename acc_t, int VEC>
+__device__ __forceinline__ void atomic_add(acc_t* grad, const acc_t (&values)[VEC]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<acc_t, float> && VEC % 4 == 0) {
+#pragma unroll
+    for (int k = 0; k < VEC; k += 4) {
+      atomicAdd(reinterpret_cast<float4*>(grad + k), make_float4(values[k], values[k + 1], values[k + 2], values[k + 3]));
+    }
+    return;
+  } else if constexpr (std::is_same_v<acc_t, float> && VEC % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < VEC; k += 2) atomicAdd(reinterpret_cast<float2*>(grad + k), make_float2(values[k], values[k + 1]));
+    return;
+  }
+#endif
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) atomicAdd(grad + k, values[k]);
+}
 
 template <typename scalar_t, int VEC>
 __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
@@ -106,12 +129,14 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out, const sca
             const int64_t offset = level_offset + f.pixel[c] * row + c0;
             const auto v = *reinterpret_cast<const Vec<scalar_t, VEC>*>(value_bh + offset);
             const acc_t w = a * f.weight[c];
+            acc_t update[VEC];
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
               const acc_t gk = static_cast<acc_t>(g.v[k]);
               dots[c] += gk * static_cast<acc_t>(v.v[k]);
-              if (active) atomicAdd(grad_value_bh + offset + k, w * gk);
+              update[k] = w * gk;
             }
+            if (active) atomic_add<acc_t, VEC>(grad_value_bh + offset, update);
           }
           acc_t dx, dy;
           footprint_grad(f, dots, dx, dy);
