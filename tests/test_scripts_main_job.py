@@ -93,7 +93,9 @@ def test_missing_shipped_checkpoint_falls_back_to_training_from_scratch(tmp_path
     recipe.write_text(json.dumps({"model": "deformable-detr", "model_overrides": TINY}))
     log = run("train.py", "--model", "checkpoints/not-there", "--fallback-model", recipe, "--data", "shapes-b",
               "--data-cache", tmp_path / "data", "--output-dir", tmp_path / "out", "--max-steps", "1",
-              "--predictions-image", "false", *SMALL_RUN)
+              "--predictions-image", "false", "--mixed-precision", "bf16", "--gradient-accumulation-steps", "2",
+              *SMALL_RUN)
     assert "WARNING: checkpoint checkpoints/not-there not found; training deformable-detr from scratch" in log
     assert "backbone scratch: trainable BatchNorm, no backbone layer frozen" in log
+    assert "mixed precision bf16" in log
     assert (tmp_path / "out" / "metrics.json").is_file()
