@@ -90,6 +90,8 @@ class DetrConfig(PreTrainedConfig):
     eos_coefficient: float = 0.1
 
     def __post_init__(self, **kwargs):
+        # a transformers config.json says "detr"; the class attribute, not the file, names this config
+        kwargs.pop("model_type", None)
         self._resolve_backbone()
         if self.position_embedding_type not in _POSITION_EMBEDDINGS:
             raise ValueError(

@@ -35,6 +35,7 @@ def test_small_parity_padded_batch_and_loss(tmp_path, kwargs):
     reference = _transformers_checkpoint(tmp_path, **kwargs)
     ours = _load_ours(tmp_path)
     assert ours.config.dilation == kwargs.get("dilation", False)
+    assert ours.config.model_type == "detrkit_detr"
     pixel_values, pixel_mask = padded_batch()
     labels = random_labels(2, SMALL["num_labels"], counts=[3, 0])  # an image without objects too
     with torch.no_grad():
