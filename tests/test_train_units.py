@@ -43,8 +43,8 @@ def test_bad_keys_are_named():
 
 def test_recipe_defaults_per_model():
     config = TrainConfig(epochs=12)
-    assert resolve_recipe(config, "detr", 10).lr == 1e-4
-    deformable = resolve_recipe(config, "deformable", 10)
+    assert resolve_recipe(config, "detr").lr == 1e-4
+    deformable = resolve_recipe(config, "deformable")
     assert deformable.lr == 2e-4 and deformable.lr_drop_epoch == 8 and deformable.eval_batch_size == config.batch_size
 
 

@@ -116,7 +116,9 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:
-    """YAML 1.1 reads `2e-4` (no dot) as a string: turn numeric strings into the field's number type."""
+    """YAML 1.1 reads `2e-4` (no dot) as a string and `no` as False: give each its field's type back."""
+    if isinstance(value, bool) and annotation.startswith("str"):
+        return "yes" if value else "no"  # e.g. `--mixed-precision no`, accelerate's own spelling
     if not isinstance(value, str) or not ("float" in annotation or "int" in annotation):
         return value
     try:
@@ -156,7 +158,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return build_config(apply_overrides(values, flags + args.overrides))
 
 
-def resolve_recipe(config: TrainConfig, model_kind: str, steps_per_epoch: int) -> TrainConfig:
+def resolve_recipe(config: TrainConfig, model_kind: str) -> TrainConfig:
     """Fill the `None` optimisation fields with the paper recipe of `model_kind` ("detr" or "deformable")."""
     lr = config.lr if config.lr is not None else {"detr": 1e-4, "deformable": 2e-4}[model_kind]
     lr_drop = config.lr_drop_epoch if config.lr_drop_epoch is not None else max(1, round(config.epochs * 2 / 3))

@@ -73,12 +73,11 @@ def train_transforms(config: TrainConfig):
     if not config.augment:
         return None
     overrides = {"flip_prob": 0.5 if config.horizontal_flip else 0.0, "crop_prob": 0.5 if config.random_crop else 0.0}
-    augmentation = AugmentationConfig.for_image_size(config.image_size, **overrides)
     if config.scales:
-        augmentation = AugmentationConfig(**{**augmentation.__dict__, "scales": tuple(config.scales)})
+        overrides["scales"] = tuple(config.scales)
     if config.max_size:
-        augmentation = AugmentationConfig(**{**augmentation.__dict__, "max_size": config.max_size})
-    return detr_train_transforms(augmentation)
+        overrides["max_size"] = config.max_size
+    return detr_train_transforms(AugmentationConfig.for_image_size(config.image_size, **overrides))
 
 
 def load_data(config: TrainConfig, processor, log=print) -> TrainingData:

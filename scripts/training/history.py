@@ -42,7 +42,7 @@ def plot_history(records: list[dict], path: str | Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax_loss.legend()
     for key, label in (("map", "AP"), ("map_50", "AP50"), ("map_small", "AP small")):
-        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and r[key] >= 0]  # -1: no such GT
         if points:
             ax_map.plot(*zip(*points), marker="o", label=label)
     ax_map.set(xlabel="epoch", ylabel="COCO mAP", title="evaluation", ylim=(0, 1))

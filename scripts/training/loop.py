@@ -73,7 +73,7 @@ def train(config: TrainConfig) -> dict:
     if batches_per_epoch == 0:
         raise ValueError(f"{len(data.train)} training images cannot fill one batch of {config.batch_size} "
                          f"x {world} processes; lower batch_size")
-    config = resolve_recipe(config, loaded.kind, steps_per_epoch)
+    config = resolve_recipe(config, loaded.kind)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
