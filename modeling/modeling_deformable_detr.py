@@ -71,6 +71,7 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
 
     config_class = DeformableDetrConfig
     config: DeformableDetrConfig
+    model_card_template = "deformable_detr"
     _no_split_modules = ["ConvEncoder", "DeformableEncoderLayer", "DeformableDecoderLayer"]
 
     def _initialize_weights(self, module, is_custom_code=False):
@@ -262,10 +263,9 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
         )
         # Tying as transformers 5 declares it ({target: source}); save_pretrained then writes the same keys.
-        self._tied_weights_keys = {
-            r"bbox_embed.(?![0])\d+": "bbox_embed.0",
-            r"class_embed.(?![0])\d+": "class_embed.0",
-        }
+        self._tied_weights_keys = {}
+        if num_pred > 1:  # (a one-layer decoder has nothing to tie)
+            self._tied_weights_keys = {r"bbox_embed.(?![0])\d+": "bbox_embed.0", r"class_embed.(?![0])\d+": "class_embed.0"}
         if config.with_box_refine:
             self.model.decoder.bbox_embed = nn.ModuleList(
                 MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)

@@ -92,6 +92,7 @@ class DetrPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ConvEncoder", "EncoderLayer", "DecoderLayer"]
     # Hub checkpoints carry BatchNorm counters that frozen BatchNorm does not keep
     _keys_to_ignore_on_load_unexpected = [r"num_batches_tracked"]
+    model_card_template = "detr"  # model_cards/<name>.md
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -112,7 +113,7 @@ class DetrPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_model_card(self, save_directory)
+            write_model_card(self, save_directory, self.model_card_template)
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
                     token=None, revision: str | None = None, create_pr: bool = False,

@@ -53,6 +53,8 @@ def test_auto_classes_and_saved_files(saved):
     assert config["model_type"] == "detrkit_deformable_detr"
     assert config["auto_map"]["AutoModelForObjectDetection"] == "modeling_deformable_detr.DeformableDetrForObjectDetection"
     assert CODE_FILES <= {p.name for p in folder.iterdir()}
+    card = (folder / "README.md").read_text()
+    assert "Deformable DETR" in card and "two-stage: True" in card
     assert isinstance(transformers.AutoConfig.from_pretrained(folder), DeformableDetrConfig)
     assert type(transformers.AutoModel.from_pretrained(folder)) is DeformableDetrModel
     loaded = transformers.AutoModelForObjectDetection.from_pretrained(folder).eval()
