@@ -1,10 +1,9 @@
 """The accelerate training loop: recipe, evaluation every N epochs, checkpoints, resume, export."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
+import shutil
 import time
 from pathlib import Path
 
@@ -74,10 +73,6 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"{len(data.train)} training images cannot fill one batch of {config.batch_size} "
                          f"x {world} processes; lower batch_size")
     config = resolve_recipe(config, loaded.kind)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-
     optimizer = build_optimizer(model, config.lr, config.lr_backbone_mult, config.lr_linear_proj_mult,
                                 config.weight_decay)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.schedule,
@@ -94,10 +89,11 @@ def train(config: TrainConfig) -> dict:
         accelerator.print(f"resumed from {resume_from}: epoch {state['epoch']}, "
                           f"batch {state['batches_in_epoch']}, step {state['global_step']}")
         if accelerator.is_main_process:
-            truncate_history(history_file, state["epoch"] - 1)
-    elif accelerator.is_main_process:
+            truncate_history(history_file, state["epoch"])  # records of completed epochs only
+    elif accelerator.is_main_process:  # a fresh run: nothing of an earlier run in this folder may be resumed
         output.mkdir(parents=True, exist_ok=True)
         history_file.unlink(missing_ok=True)
+        shutil.rmtree(ckpt_root, ignore_errors=True)
     if accelerator.is_main_process:
         (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     accelerator.init_trackers("detrkit", config={k: v for k, v in config.to_dict().items()
@@ -115,6 +111,7 @@ def train(config: TrainConfig) -> dict:
             return False
         late = torch.tensor(float(time.time() - started > 60 * config.max_train_minutes), device=accelerator.device)
         return bool(accelerator.reduce(late, reduction="max").item())
+
     while state["epoch"] < config.epochs and not (config.max_steps and state["global_step"] >= config.max_steps) \
             and not out_of_time():
         epoch = state["epoch"]
