@@ -139,3 +139,14 @@ def test_cuda_outputs_loss_and_gradients_match_transformers(tmp_path, use_kernel
             ours_grad = ours.model.get_submodule(f"{layer}.{name}").weight.grad
             theirs_grad = theirs.model.get_submodule(f"{layer}.{name}").weight.grad
             torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-4, rtol=1e-3, msg=f"{layer}.{name}")
+
+
+def test_one_layer_decoder_saves_and_loads(tmp_path):
+    """With a single decoder layer there are no per-layer heads to tie."""
+    config = DeformableDetrConfig(**{**SMALL, "decoder_layers": 1}, with_box_refine=True)
+    model = DeformableDetrForObjectDetection(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = DeformableDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    pixel_values, pixel_mask, _ = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values, pixel_mask).pred_boxes, model(pixel_values, pixel_mask).pred_boxes)
