@@ -87,23 +87,32 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
             module.reset_parameters()
         elif isinstance(module, DeformableDetrModel):
             init.normal_(module.level_embed)
+            for projection in module.input_proj:
+                init.xavier_uniform_(projection[0].weight, gain=1.0)
+                init.constant_(projection[0].bias, 0.0)
             if not self.config.two_stage:
                 init.xavier_uniform_(module.reference_points.weight, gain=1.0)
                 init.constant_(module.reference_points.bias, 0.0)
         elif isinstance(module, DeformableDetrForObjectDetection):
             # Focal loss starts every class at the prior probability 0.01 (RetinaNet): the many background
             # queries would otherwise dominate the first updates.
+            # The decoder's copies (box refinement, two-stage) are the tying sources: initialise them alike.
+            decoder = module.model.decoder
+            class_heads = [*module.class_embed, *(decoder.class_embed or [])]
+            box_heads = [*module.bbox_embed, *(decoder.bbox_embed or [])]
             prior_bias = -math.log((1 - 0.01) / 0.01)
-            for head in module.class_embed:
+            for head in class_heads:
                 init.constant_(head.bias, prior_bias)
-            for head in module.bbox_embed:
+            for head in box_heads:
                 init.constant_(head.layers[-1].weight, 0.0)
                 init.constant_(head.layers[-1].bias, 0.0)
             # The first layer's boxes start small (sigmoid(-2) ~ 0.12 of the image) around the reference
             # points (the official code); two-stage proposals already carry a size.
             if not self.config.two_stage:
-                # a whole-tensor copy: init's guard against overwriting loaded weights does not see slices
-                init.copy_(module.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+                first_heads = [module.bbox_embed[0]] + ([decoder.bbox_embed[0]] if decoder.bbox_embed else [])
+                for head in first_heads:
+                    # a whole-tensor copy: init's guard against overwriting loaded weights does not see slices
+                    init.copy_(head.layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
 
 
 class DeformableDetrModel(DeformableDetrPreTrainedModel):

@@ -1,6 +1,7 @@
 """Deformable DETR learns: a few optimizer steps lower the set loss, and gradients reach the deformable
 attention's sampling offsets and attention weights in the encoder and the decoder."""
 
+import pytest
 import torch
 from test_deformable_detr_parity import SMALL, VARIANTS, padded_batch
 
@@ -41,9 +42,21 @@ def test_gradients_reach_sampling_offsets_and_attention_weights():
     assert model.model.enc_output.weight.grad.abs().sum() > 0
 
 
-def test_class_prior_and_radial_offset_initialisation():
+@pytest.mark.parametrize("variant", ["plain", "box-refine", "two-stage"])
+def test_head_initialisation_survives_weight_tying(variant):
+    """Class prior 0.01 on every head (the decoder's copies are the tying sources); first-layer boxes start
+    small except in two-stage, whose proposals carry a size."""
+    model = make_model(variant)
+    decoder = model.model.decoder
+    for head in [*model.class_embed, *(decoder.class_embed or [])]:
+        torch.testing.assert_close(head.bias.sigmoid(), torch.full((SMALL["num_labels"],), 0.01))
+    expected = [0.0, 0.0, 0.0, 0.0] if variant == "two-stage" else [0.0, 0.0, -2.0, -2.0]
+    assert model.bbox_embed[0].layers[-1].bias.tolist() == expected
+    assert all(head.layers[-1].weight.abs().sum() == 0 for head in model.bbox_embed)
+
+
+def test_radial_offset_initialisation():
     model = DeformableDetrForObjectDetection(DeformableDetrConfig(**SMALL))
-    torch.testing.assert_close(model.class_embed[0].bias.sigmoid(), torch.full((SMALL["num_labels"],), 0.01))
     attention = model.model.encoder.layers[0].self_attn
     assert attention.attention_weights.weight.abs().sum() == 0 and attention.sampling_offsets.weight.abs().sum() == 0
     # head h, point k: offset (k + 1) * direction of angle 2 pi h / H, scaled onto the unit square's border
