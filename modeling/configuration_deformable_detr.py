@@ -60,6 +60,11 @@ class DeformableDetrConfig(DetrConfig):
             self.backbone_out_indices = list(_MULTI_SCALE_OUT_INDICES)
         if self.num_feature_levels < 1:
             raise ValueError(f"num_feature_levels must be at least 1, got {self.num_feature_levels}")
+        if self.normalize_before:
+            raise ValueError("normalize_before=True (pre-norm) is not supported by Deformable DETR, which is post-norm")
+        if self.encoder_attention_type != "standard":
+            raise ValueError(f"encoder_attention_type {self.encoder_attention_type!r} does not apply: Deformable "
+                             "DETR's encoder uses multi-scale deformable attention")
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True requires with_box_refine=True (as in the paper)")
         for name in ("encoder_n_points", "decoder_n_points", "two_stage_num_proposals"):

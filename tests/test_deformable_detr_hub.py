@@ -108,6 +108,8 @@ def test_bad_config_and_inputs_are_named():
         DeformableDetrConfig(two_stage=True)
     with pytest.raises(ValueError, match="num_feature_levels"):
         DeformableDetrConfig(num_feature_levels=0)
+    with pytest.raises(ValueError, match="pre-norm"):
+        DeformableDetrConfig(normalize_before=True)
     model = DeformableDetrForObjectDetection(DeformableDetrConfig(**SMALL)).eval()
     with pytest.raises(ValueError, match="pixel_mask has shape"):
         model(torch.zeros(1, 3, 64, 64), torch.ones(1, 32, 32))

@@ -150,3 +150,20 @@ def test_one_layer_decoder_saves_and_loads(tmp_path):
     pixel_values, pixel_mask, _ = padded_batch()
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values, pixel_mask).pred_boxes, model(pixel_values, pixel_mask).pred_boxes)
+
+
+def test_hidden_states_and_attentions_on_request():
+    config = DeformableDetrConfig(**SMALL)
+    model = DeformableDetrForObjectDetection(config).eval()
+    pixel_values, pixel_mask, _ = padded_batch()
+    with torch.no_grad():
+        outputs = model(pixel_values, pixel_mask, output_attentions=True, output_hidden_states=True)
+        as_tuple = model(pixel_values, pixel_mask, return_dict=False)
+    sequence_length = outputs.encoder_last_hidden_state.shape[1]
+    assert len(outputs.encoder_hidden_states) == config.encoder_layers + 1
+    assert len(outputs.decoder_hidden_states) == config.decoder_layers + 1
+    heads, levels, points = config.encoder_attention_heads, config.num_feature_levels, config.encoder_n_points
+    assert outputs.encoder_attentions[0].shape == (2, sequence_length, heads, levels, points)
+    assert outputs.decoder_attentions[0].shape == (2, heads, config.num_queries, config.num_queries)
+    assert outputs.cross_attentions[0].shape == (2, config.num_queries, heads, levels, config.decoder_n_points)
+    torch.testing.assert_close(as_tuple[0], outputs.logits)
