@@ -33,7 +33,7 @@ def compare(inputs, atol, rtol, use_kernel_ref=False):
     for fn in (multi_scale_deformable_attention, reference):
         leaves = [t.detach().clone().requires_grad_() for t in (value, locations, weights)]
         output = fn(leaves[0], spatial_shapes, starts, leaves[1], leaves[2])
-        grad = torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)
+        grad = torch.linspace(-1, 1, output.numel(), dtype=output.dtype, device=output.device).view_as(output)
         grads = torch.autograd.grad(output, leaves, grad) if output.numel() else [torch.zeros_like(t) for t in leaves]
         results.append((output, *grads))
     for name, got, expected in zip(("output", "grad value", "grad locations", "grad weights"), *results):
