@@ -17,10 +17,10 @@ TINY_DETR = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 
 
 
 def train_command(output_dir, data_cache, *extra):
-    # 8 images / batch 2 = 4 steps per epoch; 6 steps cross an epoch boundary; dropout on (RNG restore matters),
-    # augmentation on (its seeding matters), checkpoint every 2 steps.
+    # 6 images / batch 2 = 3 steps per epoch, 6 steps in all; dropout on (RNG restore matters), augmentation on
+    # (its seeding matters); checkpoints at steps 2, 3 (epoch end), 4 and 6.
     return [sys.executable, str(TRAIN), "--model", "detr-resnet-50", "--set", TINY_DETR, "--data", "shapes-b",
-            "--data-cache", str(data_cache), "--image-size", "64", "--max-train-samples", "8",
+            "--data-cache", str(data_cache), "--image-size", "64", "--max-train-samples", "6",
             "--max-eval-samples", "2", "--batch-size", "2", "--epochs", "3", "--max-steps", "6",
             "--checkpoint-every", "2", "--eval-every", "0", "--log-with", "[]", "--predictions-image", "false",
             "--output-dir", str(output_dir), *extra]
@@ -50,13 +50,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     process = run(train_command(killed, cache))
     deadline = time.time() + 600
-    while latest_step(killed) < 2 and process.poll() is None and time.time() < deadline:
+    # kill after step 4's checkpoint: one batch into epoch 2, which the resumed run must skip, and epoch 1's
+    # history record written, which it must keep
+    while latest_step(killed) < 4 and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed; the test proves nothing"
     process.send_signal(signal.SIGKILL)
     process.wait()
     step = latest_step(killed)
-    assert 2 <= step < 6
+    assert 4 <= step < 6
     out = finish(run(train_command(killed, cache, "--resume", "latest")))
     assert f"resumed from {killed / 'checkpoints'}" in out
 
@@ -65,3 +67,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=f"{name} differs after resume")
+
+    def history(run_dir):
+        return [(r["epoch"], r["step"], r["train_loss"]) for r in map(json.loads, (run_dir / "history.jsonl").open())]
+
+    assert history(killed) == history(straight) and len(history(straight)) == 2
