@@ -287,6 +287,16 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             self._tied_weights_keys["class_embed"] = "model.decoder.class_embed"
         self.post_init()
 
+    def tie_weights(self, *args, **kwargs):
+        """With box refinement the paper gives every layer its own class head (clones of one initialised head),
+        while transformers 5 ties them all to layer 0. The declaration above stays, so a transformers file
+        holding only `class_embed.0` fills every head; cloning right after each tying lets them train apart."""
+        super().tie_weights(*args, **kwargs)
+        if self.config.with_box_refine and not self.config.two_stage:
+            for head in self.class_embed[1:]:
+                head.weight = nn.Parameter(head.weight.detach().clone())
+                head.bias = nn.Parameter(head.bias.detach().clone())
+
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
         """labels: optional list (one per image) of {"class_labels" (T,), "boxes" (T, 4) normalized cxcywh}."""

@@ -167,3 +167,16 @@ def test_hidden_states_and_attentions_on_request():
     assert outputs.decoder_attentions[0].shape == (2, heads, config.num_queries, config.num_queries)
     assert outputs.cross_attentions[0].shape == (2, config.num_queries, heads, levels, config.decoder_n_points)
     torch.testing.assert_close(as_tuple[0], outputs.logits)
+
+
+def test_box_refinement_trains_separate_class_heads_and_keeps_them(tmp_path):
+    """Per-layer class heads (the paper), distinct after training, written and read back distinct."""
+    model = DeformableDetrForObjectDetection(DeformableDetrConfig(**SMALL, with_box_refine=True))
+    assert model.class_embed[1].weight is not model.class_embed[0].weight
+    with torch.no_grad():
+        model.class_embed[1].bias.add_(1.0)  # as training would make them differ
+    model.save_pretrained(tmp_path)
+    loaded = DeformableDetrForObjectDetection.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.class_embed[1].bias, model.class_embed[1].bias)
+    torch.testing.assert_close(loaded.class_embed[0].bias, model.class_embed[0].bias)
+    assert all(head.weight is not loaded.class_embed[0].weight for head in loaded.class_embed[1:])
