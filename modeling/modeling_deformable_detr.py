@@ -259,8 +259,8 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
     """Deformable DETR with per-decoder-layer class and box heads and the focal set loss.
 
     Without box refinement the heads are shared by all layers (tied to layer 0); with it every layer has its
-    own box head, also used inside the decoder to refine reference points; two-stage adds one more
-    class/box head pair that scores the encoder's proposals.
+    own class and box heads, the box head also refining the decoder's reference points; two-stage adds one
+    more class/box head pair that scores the encoder's proposals.
     """
 
     def __init__(self, config: DeformableDetrConfig):
