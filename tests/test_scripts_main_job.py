@@ -94,8 +94,10 @@ def test_missing_shipped_checkpoint_falls_back_to_training_from_scratch(tmp_path
     log = run("train.py", "--model", "checkpoints/not-there", "--fallback-model", recipe, "--data", "shapes-b",
               "--data-cache", tmp_path / "data", "--output-dir", tmp_path / "out", "--max-steps", "1",
               "--predictions-image", "false", "--mixed-precision", "bf16", "--gradient-accumulation-steps", "2",
-              *SMALL_RUN)
+              *SMALL_RUN, "--max-train-samples", "8")  # 1 step of 2 x 2 images: half an epoch
     assert "WARNING: checkpoint checkpoints/not-there not found; training deformable-detr from scratch" in log
     assert "backbone scratch: trainable BatchNorm, no backbone layer frozen" in log
     assert "mixed precision bf16" in log
-    assert (tmp_path / "out" / "metrics.json").is_file()
+    assert (tmp_path / "out" / "metrics.json").is_file() and (tmp_path / "out" / "training.png").is_file()
+    history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").open()]
+    assert [(r["epoch"], r["step"]) for r in history] == [(0.5, 1)] and "map" in history[0]

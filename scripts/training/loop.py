@@ -179,17 +179,22 @@ def train(config: TrainConfig) -> dict:
         state.update(epoch=epoch + 1, batches_in_epoch=0, loss_sum=0.0, loss_count=0)
         checkpoint(best=best)
 
-    metrics = finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics)
+    metrics = finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics, batches_per_epoch)
     accelerator.end_training()  # after the final evaluation: it tears the process group down
     return metrics
 
 
-def finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics):
-    """Export the best model (by AP) as a Hub-ready folder with its metrics and a predictions drawing."""
+def finish(config, accelerator, model, loaded, data, eval_loader, state, last_metrics, batches_per_epoch):
+    """Export the best model (by AP) as a Hub-ready folder with its metrics, plot and a predictions drawing."""
     output = Path(config.output_dir)
     unwrapped = accelerator.unwrap_model(model)
     if last_metrics is None or state.get("eval_step") != state["global_step"]:  # trained past the last evaluation
         last_metrics = evaluate(model, eval_loader, loaded.processor, data, accelerator)
+        if state["batches_in_epoch"] and accelerator.is_main_process:  # stopped inside an epoch: record it too
+            append_record(output / "history.jsonl", {
+                "epoch": round(state["epoch"] + state["batches_in_epoch"] / batches_per_epoch, 3),
+                "step": state["global_step"], "train_loss": state["loss_sum"] / max(1, state["loss_count"]),
+                **{k: v for k, v in last_metrics.items() if isinstance(v, float)}})
     metrics, best = last_metrics, state.get("best_metrics")
     if best is not None and best["map"] > last_metrics["map"]:
         best_dir = output / "checkpoints" / read_index(output / "checkpoints")["best"]
@@ -201,6 +206,7 @@ def finish(config, accelerator, model, loaded, data, eval_loader, state, last_me
         export = output / "model"
         unwrapped.save_pretrained(export)
         loaded.processor.save_pretrained(export)
+        plot_history(read_history(output / "history.jsonl"), output / "training.png")
         summary = {k: float(metrics[k]) for k in METRIC_KEYS}
         (output / "metrics.json").write_text(json.dumps(summary, indent=2))
         write_model_card(export, config, loaded, data, metrics, read_history(output / "history.jsonl"),
