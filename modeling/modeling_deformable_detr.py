@@ -271,10 +271,14 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
         self.bbox_embed = nn.ModuleList(
             MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
         )
-        # Tying as transformers 5 declares it ({target: source}); save_pretrained then writes the same keys.
+        # Tying as transformers 5 declares it ({target: source}); save_pretrained then writes the same keys. With
+        # box refinement (one-stage) the class heads stay untied, else save_pretrained would drop the trained
+        # heads of layers > 0; a transformers file, which holds only `class_embed.0`, fills them in tie_weights.
         self._tied_weights_keys = {}
         if num_pred > 1:  # (a one-layer decoder has nothing to tie)
-            self._tied_weights_keys = {r"bbox_embed.(?![0])\d+": "bbox_embed.0", r"class_embed.(?![0])\d+": "class_embed.0"}
+            self._tied_weights_keys = {r"bbox_embed.(?![0])\d+": "bbox_embed.0"}
+            if not self._separate_class_heads:
+                self._tied_weights_keys[r"class_embed.(?![0])\d+"] = "class_embed.0"
         if config.with_box_refine:
             self.model.decoder.bbox_embed = nn.ModuleList(
                 MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
@@ -287,15 +291,25 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             self._tied_weights_keys["class_embed"] = "model.decoder.class_embed"
         self.post_init()
 
-    def tie_weights(self, *args, **kwargs):
-        """With box refinement the paper gives every layer its own class head (clones of one initialised head),
-        while transformers 5 ties them all to layer 0. The declaration above stays, so a transformers file
-        holding only `class_embed.0` fills every head; cloning right after each tying lets them train apart."""
-        super().tie_weights(*args, **kwargs)
-        if self.config.with_box_refine and not self.config.two_stage:
-            for head in self.class_embed[1:]:
-                head.weight = nn.Parameter(head.weight.detach().clone())
-                head.bias = nn.Parameter(head.bias.detach().clone())
+    @property
+    def _separate_class_heads(self) -> bool:
+        """The paper gives every decoder layer its own class head when boxes are refined."""
+        return self.config.with_box_refine and not self.config.two_stage
+
+    def tie_weights(self, missing_keys: set[str] | None = None, recompute_mapping: bool = True):
+        """Besides transformers' tying: a checkpoint written by transformers 5 (which ties the box-refinement class
+        heads to layer 0 and so stores only `class_embed.0`) fills each missing class head with a copy of layer
+        0's, as transformers' own class reads that file; heads present in the checkpoint are kept."""
+        super().tie_weights(missing_keys=missing_keys, recompute_mapping=recompute_mapping)
+        if not (self._separate_class_heads and missing_keys):
+            return
+        for i, head in enumerate(self.class_embed[1:], start=1):
+            names = {f"class_embed.{i}.weight", f"class_embed.{i}.bias"}
+            if names <= missing_keys and not {"class_embed.0.weight", "class_embed.0.bias"} & missing_keys:
+                with torch.no_grad():
+                    head.weight.copy_(self.class_embed[0].weight)
+                    head.bias.copy_(self.class_embed[0].bias)
+                missing_keys -= names
 
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):

@@ -115,3 +115,22 @@ def test_bad_config_and_inputs_are_named():
         model(torch.zeros(1, 3, 64, 64), torch.ones(1, 32, 32))
     with pytest.raises(ValueError, match=r"labels\[0\] has no 'boxes'"):
         model(torch.zeros(1, 3, 64, 64), labels=[{"class_labels": torch.tensor([0])}])
+
+
+def test_trained_box_refinement_heads_survive_save_and_load(tmp_path):
+    """Each decoder layer's class head is its own parameter under box refinement: save_pretrained must keep
+    all of them (a tying declaration once dropped layers > 0, silently reloading layer 0's head)."""
+    torch.manual_seed(0)
+    config = DeformableDetrConfig(**{**SMALL, "num_labels": 3}, with_box_refine=True)
+    model = DeformableDetrForObjectDetection(config).eval()
+    with torch.no_grad():  # as training leaves them: different heads per layer
+        for head in model.class_embed:
+            head.weight.normal_()
+    assert model.class_embed[0].weight.data_ptr() != model.class_embed[-1].weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    reloaded = DeformableDetrForObjectDetection.from_pretrained(tmp_path).eval()
+    for original, loaded in zip(model.class_embed, reloaded.class_embed):
+        torch.testing.assert_close(loaded.weight, original.weight, rtol=0, atol=0)
+    pixel_values = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
