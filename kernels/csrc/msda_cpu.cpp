@@ -37,6 +37,31 @@ inline void corner_grads(const acc_t* __restrict g, const scalar_t* __restrict v
                          acc_t dots[4], int64_t runtime_d) {
   const int64_t D = kD > 0 ? kD : runtime_d;
   const acc_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  if constexpr (kD > 0 && kD % 16 == 0) {
+    // Sixteen partial sums per corner, folded once at the end: four horizontal reductions per sampling point
+    // were half of the backward's time.
+    acc_t part[4][16] = {};
+    for (int64_t base = 0; base < kD; base += 16) {
+      for (int j = 0; j < 16; ++j) {
+        const acc_t gd = g[base + j];
+        part[0][j] += gd * static_cast<acc_t>(v0[base + j]);
+        part[1][j] += gd * static_cast<acc_t>(v1[base + j]);
+        part[2][j] += gd * static_cast<acc_t>(v2[base + j]);
+        part[3][j] += gd * static_cast<acc_t>(v3[base + j]);
+        gv0[base + j] += w0 * gd;
+        gv1[base + j] += w1 * gd;
+        gv2[base + j] += w2 * gd;
+        gv3[base + j] += w3 * gd;
+      }
+    }
+    for (int width = 8; width > 0; width /= 2) {
+      for (int c = 0; c < 4; ++c) {
+        for (int j = 0; j < width; ++j) part[c][j] += part[c][j + width];
+      }
+    }
+    for (int c = 0; c < 4; ++c) dots[c] = part[c][0];
+    return;
+  }
   acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
   // omp simd: allows reassociating the four sums, so the dot products vectorise too.
 #pragma omp simd reduction(+ : d0, d1, d2, d3)
