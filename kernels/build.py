@@ -11,8 +11,10 @@ The CUDA build works without a GPU: the loader resolves the real toolkit behind 
 script, picks an architecture list and adds the headers of the pip ``nvidia`` wheels when the toolkit
 lacks some (see DESIGN.md "Building the CUDA kernel without a GPU").
 
-Cache folder: $DETRKIT_CACHE, else $TORCH_EXTENSIONS_DIR/detrkit, else $XDG_CACHE_HOME/detrkit
-(~/.cache/detrkit). Set DETRKIT_VERBOSE_BUILD=1 to see the compiler's output.
+Environment: DETRKIT_CACHE (cache folder; else $TORCH_EXTENSIONS_DIR/detrkit, else
+$XDG_CACHE_HOME/detrkit, i.e. ~/.cache/detrkit), CUDA_HOME / CUDA_PATH, TORCH_CUDA_ARCH_LIST (default: the
+visible GPUs, else 8.0;9.0+PTX), DETRKIT_PORTABLE_BUILD=1 (no -march=native for the CPU kernel),
+DETRKIT_VERBOSE_BUILD=1 (show the compiler's output).
 """
 from __future__ import annotations
 
@@ -75,7 +77,9 @@ def find_cuda_home() -> str | None:
 
 
 def _version_key(path: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"cuda-(\d+)\.?(\d*)", path)[0] if x) if "cuda-" in path else ()
+    """(13, 0) for /usr/local/cuda-13.0/bin/nvcc."""
+    match = re.search(r"cuda-(\d+)(?:\.(\d+))?", path)
+    return tuple(int(x) for x in match.groups() if x) if match else ()
 
 
 def _resolve_nvcc(path: str, depth: int = 0) -> str | None:
