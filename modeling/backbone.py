@@ -87,7 +87,7 @@ class Backbone(nn.Module):
             freeze_batch_norm(self.model)
         self.channels = self.model.feature_info.channels()
         self.strides = self.model.feature_info.reduction()
-        self._freeze_early_stages(trainable_stages)
+        self.freeze_early_stages(trainable_stages)
 
     @classmethod
     def from_config(cls, config):
@@ -103,7 +103,7 @@ class Backbone(nn.Module):
             **(config.backbone_kwargs or {}),
         )
 
-    def _freeze_early_stages(self, trainable_stages: int):
+    def freeze_early_stages(self, trainable_stages: int):
         """Freeze every top-level block that precedes the first trainable stage (the paper: stem + layer1)."""
         stage_modules = self.model.feature_info.module_name()
         if trainable_stages == 0:

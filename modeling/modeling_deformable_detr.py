@@ -74,12 +74,6 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
     model_card_template = "deformable_detr"
     _no_split_modules = ["ConvEncoder", "DeformableEncoderLayer", "DeformableDecoderLayer"]
 
-    def _initialize_weights(self, module, is_custom_code=False):
-        # For custom code transformers skips modules without parameters of their own (e.g. the attention
-        # module, the detection model), whose _init_weights sets their children. Every init here goes through
-        # transformers.initialization, which leaves loaded weights alone, so nothing needs that guard.
-        super()._initialize_weights(module, is_custom_code=False)
-
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)

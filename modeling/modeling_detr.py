@@ -94,6 +94,12 @@ class DetrPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"num_batches_tracked"]
     model_card_template = "detr"  # model_cards/<name>.md
 
+    def _initialize_weights(self, module, is_custom_code=False):
+        # For custom code transformers skips modules without parameters of their own (the attention modules,
+        # the detection models), whose _init_weights sets their children (xavier attention, paper head inits).
+        # Every init here goes through transformers.initialization, which leaves loaded weights alone.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)  # normal(init_std) linears/convs, unit LayerNorms, normal embeddings
@@ -108,7 +114,12 @@ class DetrPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         with no_pretrained_backbone_download():  # the checkpoint's weights replace timm's anyway
-            return super().from_pretrained(*args, **kwargs)
+            model = super().from_pretrained(*args, **kwargs)
+        # Loading materialises fresh Parameters (requires_grad=True), undoing the freezing done at construction.
+        for module in model.modules():
+            if isinstance(module, Backbone):
+                module.freeze_early_stages(model.config.backbone_trainable_stages)
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -201,3 +201,19 @@ def test_gradients_reach_trainable_backbone_stages_only():
     # (timm zero-inits each block's last BN, so the residual branches get zero gradient: check the shortcut conv)
     assert body.layer4[0].downsample[0].weight.grad.abs().sum() > 0
     assert body.layer3[0].conv1.weight.grad is None and body.conv1.weight.grad is None
+
+
+def test_paper_init_reaches_attention_under_custom_code():
+    """transformers skips modules without parameters of their own for custom-code models; DETR's xavier init of
+    the attention projections must still run (std of xavier_uniform for 256x256 is 1/16, normal init's 0.02)."""
+    model = DetrForObjectDetection(DetrConfig(**{**SMALL, "d_model": 256, "encoder_attention_heads": 8,
+                                                 "decoder_attention_heads": 8}))
+    weight = model.model.encoder.layers[0].self_attn.q_proj.weight
+    assert abs(weight.std().item() - 1 / 16) < 0.005
+
+
+def test_stage_freezing_survives_from_pretrained(tmp_path):
+    DetrForObjectDetection(DetrConfig(**SMALL)).save_pretrained(tmp_path)
+    model = DetrForObjectDetection.from_pretrained(tmp_path)
+    trainable = {n.split(".")[2] for n, p in model.model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}

@@ -102,11 +102,6 @@ def apply_backbone_policy(model: torch.nn.Module, policy: str) -> str:
         for _, p in backbone:
             p.requires_grad_(True)
         return "scratch: trainable BatchNorm, no backbone layer frozen (random backbone)"
-    # Re-apply the config's stage freezing: from_pretrained materialises fresh Parameters (requires_grad=True),
-    # which silently undoes the freezing done at construction.
-    for module in model.modules():
-        if hasattr(module, "_freeze_early_stages"):
-            module._freeze_early_stages(model.config.backbone_trainable_stages)
     frozen = sum(not p.requires_grad for _, p in backbone)
     return f"pretrained: frozen BatchNorm, {frozen}/{len(backbone)} backbone tensors frozen (stem and early stages)"
 
