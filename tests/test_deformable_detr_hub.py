@@ -3,9 +3,6 @@ detrkit loading it through trust_remote_code (the pure-PyTorch attention serving
 pipeline with DeformableDetrImageProcessor, and the presets."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +10,8 @@ import torch
 import transformers
 from PIL import Image
 from test_deformable_detr_parity import SMALL
-from test_hub_remote_code import FRESH_PROCESS, REPO
+from conftest import run_without_detrkit
+from test_hub_remote_code import FRESH_PROCESS
 
 from detrkit.modeling import (
     PRESETS,
@@ -66,12 +64,7 @@ def test_auto_classes_and_saved_files(saved):
 
 def test_trust_remote_code_in_fresh_process_without_detrkit(saved, tmp_path):
     folder, _ = saved
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS.format(repo=str(REPO)), str(folder)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_without_detrkit(FRESH_PROCESS, str(folder), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE-OK transformers_modules" in result.stdout
 

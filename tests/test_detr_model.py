@@ -3,7 +3,6 @@ the SDPA/explicit attention paths, output options, presets, clear errors, and a 
 
 import pytest
 import torch
-import transformers
 from conftest import SMALL, padded_batch, random_labels
 from transformers.models.detr.modeling_detr import DetrSinePositionEmbedding
 

@@ -3,9 +3,6 @@ where detrkit is NOT importable (plain transformers + trust_remote_code), the ob
 push_to_hub with the upload intercepted."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SMALL
+from conftest import SMALL, run_without_detrkit
 from PIL import Image
 
 from detrkit.modeling import DetrConfig, DetrForObjectDetection, DetrModel
 from detrkit.processing import DetrImageProcessor
 
-REPO = Path(__file__).resolve().parents[1]
 CODE_FILES = {"configuration_detr.py", "modeling_detr.py", "backbone.py", "detr_transformer.py", "loss.py",
               "matcher.py", "position_encoding.py", "model_card.py"}
 
@@ -65,21 +61,6 @@ def test_save_writes_auto_map_code_safetensors_and_card(saved):
 
 FRESH_PROCESS = textwrap.dedent(
     """
-    import sys
-    # make the editable install of detrkit invisible: its meta-path finder, path hooks and the checkout itself
-    def _editable(obj):
-        return "__editable__" in (getattr(obj, "__module__", None) or type(obj).__module__)
-    sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
-    sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
-    sys.path_importer_cache.clear()
-    sys.path[:] = [p for p in sys.path if p and not p.startswith({repo!r})]
-    try:
-        import detrkit
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("detrkit is importable, the test would prove nothing: " + str(detrkit.__path__))
-
     import numpy as np, torch
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
@@ -96,7 +77,7 @@ FRESH_PROCESS = textwrap.dedent(
     detector = pipeline("object-detection", model=model, image_processor=processor)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
     detections = detector(image, threshold=0.0)
-    assert detections and set(detections[0]) == {{"score", "label", "box"}}, detections
+    assert detections and set(detections[0]) == {"score", "label", "box"}, detections
     assert detections[0]["label"].startswith("class_"), detections[0]
     print("REMOTE-OK", type(model).__module__, type(processor).__module__)
     """
@@ -105,12 +86,7 @@ FRESH_PROCESS = textwrap.dedent(
 
 def test_trust_remote_code_in_fresh_process_without_detrkit(saved, tmp_path):
     folder, _ = saved
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS.format(repo=str(REPO)), str(folder)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_without_detrkit(FRESH_PROCESS, str(folder), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE-OK transformers_modules" in result.stdout
 

@@ -2,22 +2,18 @@
 loading with plain transformers + trust_remote_code in a fresh process where detrkit is NOT importable."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import run_without_detrkit
 from PIL import Image
 
 from detrkit.modeling import DetrConfig
 from detrkit.processing import DeformableDetrImageProcessor, DetrImageProcessor
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = [DetrImageProcessor, DeformableDetrImageProcessor]
 
 
@@ -69,21 +65,6 @@ def test_transformers_configs_load(tmp_path):
 
 FRESH_PROCESS = textwrap.dedent(
     """
-    import sys
-    # hide the editable install of detrkit (meta-path finder, path hooks) and the checkout itself
-    def _editable(obj):
-        return "__editable__" in (getattr(obj, "__module__", None) or type(obj).__module__)
-    sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
-    sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
-    sys.path_importer_cache.clear()
-    sys.path[:] = [p for p in sys.path if p and not p.startswith({repo!r})]
-    try:
-        import detrkit
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("detrkit is importable, the test would prove nothing")
-
     import torch
     from torch.testing import assert_close
     from transformers import AutoImageProcessor
@@ -122,11 +103,6 @@ def test_trust_remote_code_in_fresh_process_without_detrkit(tmp_path):
                    folder / "case.pt")
         folders.append(str(folder))
 
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS.format(repo=str(REPO)), *folders],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_without_detrkit(FRESH_PROCESS, *folders, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["REMOTE-OK", "DetrImageProcessor", "REMOTE-OK", "DeformableDetrImageProcessor"]
