@@ -114,12 +114,13 @@ class DetrPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         with no_pretrained_backbone_download():  # the checkpoint's weights replace timm's anyway
-            model = super().from_pretrained(*args, **kwargs)
+            loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
         # Loading materialises fresh Parameters (requires_grad=True), undoing the freezing done at construction.
         for module in model.modules():
             if isinstance(module, Backbone):
                 module.freeze_early_stages(model.config.backbone_trainable_stages)
-        return model
+        return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -213,6 +213,7 @@ def test_paper_init_reaches_attention_under_custom_code():
 
 def test_stage_freezing_survives_from_pretrained(tmp_path):
     DetrForObjectDetection(DetrConfig(**SMALL)).save_pretrained(tmp_path)
-    model = DetrForObjectDetection.from_pretrained(tmp_path)
-    trainable = {n.split(".")[2] for n, p in model.model.backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"layer2", "layer3", "layer4"}
+    for model in (DetrForObjectDetection.from_pretrained(tmp_path),
+                  DetrForObjectDetection.from_pretrained(tmp_path, output_loading_info=True)[0]):
+        trainable = {n.split(".")[2] for n, p in model.model.backbone.named_parameters() if p.requires_grad}
+        assert trainable == {"layer2", "layer3", "layer4"}
