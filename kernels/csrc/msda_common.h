@@ -120,4 +120,12 @@ inline Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_sha
   return n;
 }
 
+// The backward's incoming gradient: (B, Q, H*D), contiguous, value's dtype and device.
+inline void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const Sizes& n) {
+  TORCH_CHECK(grad_output.is_contiguous() && grad_output.scalar_type() == value.scalar_type() &&
+                  grad_output.device() == value.device() &&
+                  grad_output.sizes() == at::IntArrayRef({n.B, n.Q, n.H * n.D}),
+              "msda: grad_output must be a contiguous (B, Q, H*D) tensor of value's dtype, got ", grad_output.sizes());
+}
+
 }  // namespace msda

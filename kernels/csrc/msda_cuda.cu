@@ -227,10 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
                                                              const at::Tensor& sampling_locations,
                                                              const at::Tensor& attention_weights) {
   const Sizes n = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  TORCH_CHECK(grad_output.is_contiguous() && grad_output.scalar_type() == value.scalar_type() &&
-                  grad_output.device() == value.device() &&
-                  grad_output.sizes() == at::IntArrayRef({n.B, n.Q, n.H * n.D}),
-              "msda: grad_output must be a contiguous (B, Q, H*D) tensor of value's dtype, got ", grad_output.sizes());
+  check_grad_output(grad_output, value, n);
   const c10::cuda::CUDAGuard guard(value.device());
   auto grad_value = at::zeros(value.sizes(), value.options().dtype(sampling_locations.scalar_type()));
   auto grad_loc = at::zeros_like(sampling_locations);
