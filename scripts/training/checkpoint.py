@@ -9,12 +9,24 @@ killed at any instant leaves either the previous or the new checkpoint, never a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 TRAINER_STATE = "trainer_state.json"
 INDEX = "index.json"
+
+
+class _TiedHeadsFilter(logging.Filter):
+    """Deformable DETR without box refinement ties its per-layer heads (one Parameter object); accelerate's
+    safetensors writer stores one copy and warns about the others, which load_state restores through the tie."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadsFilter())
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
