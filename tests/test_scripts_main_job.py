@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-# decoder_layers 2: Deformable DETR with one decoder layer currently fails in tie_weights (modeling bug)
 TINY = dict(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_feature_levels=2,
             encoder_n_points=2, decoder_n_points=2)
