@@ -46,7 +46,8 @@ def plot_history(records: list[dict], path: str | Path) -> None:
         if points:
             ax_map.plot(*zip(*points), marker="o", label=label)
     ax_map.set(xlabel="epoch", ylabel="COCO mAP", title="evaluation", ylim=(0, 1))
-    ax_map.legend()
+    if ax_map.lines:  # no evaluation yet (e.g. eval_every > epochs done): nothing to label
+        ax_map.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
