@@ -54,6 +54,27 @@ def test_frozen_batch_norm_matches_eval_batch_norm_on_any_timm_cnn():
             torch.testing.assert_close(a, b)
 
 
+def test_frozen_batch_norm_equals_eval_batch_norm_and_saves_no_activation():
+    torch.manual_seed(0)
+    reference = torch.nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        for tensor in (reference.weight, reference.bias, reference.running_mean):
+            tensor.normal_()
+        reference.running_var.uniform_(0.5, 2.0)
+    frozen = FrozenBatchNorm2d(16)
+    frozen.load_state_dict(reference.state_dict(), strict=False)
+    x = torch.randn(2, 16, 9, 7, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        y = frozen(x * 1.0)
+    torch.testing.assert_close(y, reference(x))
+    assert all(shape.numel() == 16 for shape in saved)  # the per-channel scale, never the activations
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    (expected,) = torch.autograd.grad(reference(x).sum(), x)
+    torch.testing.assert_close(grad, expected)
+    assert frozen(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_sine_position_encoding_matches_transformers_and_ignores_padding():
     mask = torch.zeros(2, 6, 9, dtype=torch.bool)
     mask[0, :6, :9] = True
