@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .dropout import Dropout
+from .feed_forward import feed_forward
+
 
 class MultiheadAttention(nn.Module):
     """Multi-head attention through `scaled_dot_product_attention`; the explicit softmax path runs only when
@@ -88,28 +91,38 @@ def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
 
-class EncoderLayer(nn.Module):
-    # the FFN's linears sit directly in the layer (not in a sub-module) so parameters are named `layers.N.fc1`,
-    # as in transformers' checkpoints
+class FeedForwardLayer(nn.Module):
+    """What encoder and decoder layers share: the feed-forward block, its dropouts and the final norm."""
+
+    def _add_feed_forward(self, config, ffn_dim: int):
+        # the FFN's linears sit directly in the layer (not in a sub-module) so parameters are named
+        # `layers.N.fc1`, as in transformers' checkpoints
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.activation = ACT2FN[config.activation_function]
+        self.dropout = Dropout(config.dropout)
+        self.activation_dropout = Dropout(config.activation_dropout)
+        self.normalize_before = config.normalize_before
+        self.recompute_activations = config.recompute_activations
+
+    def _feed_forward(self, x):
+        hidden = feed_forward(x, self.fc1, self.activation, self.activation_dropout, self.fc2,
+                              self.recompute_activations)
+        return self.dropout(hidden)
+
+
+class EncoderLayer(FeedForwardLayer):
     def __init__(self, config, self_attn: nn.Module):
         super().__init__()
         self.self_attn = self_attn
         self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.fc1 = nn.Linear(config.d_model, config.encoder_ffn_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, config.d_model)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
-        self.activation = ACT2FN[config.activation_function]
-        self.dropout = nn.Dropout(config.dropout)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
-        self.normalize_before = config.normalize_before
+        self._add_feed_forward(config, config.encoder_ffn_dim)
 
     def _attend(self, src, pos, key_padding_mask, output_attentions):
         q = k = with_pos(src, pos)
         out, weights = self.self_attn(q, k, src, key_padding_mask, output_attentions)
         return self.dropout(out), weights
-
-    def _feed_forward(self, src):
-        return self.dropout(self.fc2(self.activation_dropout(self.activation(self.fc1(src)))))
 
     def forward(self, src, pos=None, key_padding_mask=None, output_attentions=False):
         """src, pos (B, HW, D); key_padding_mask (B, HW) True on valid pixels."""
@@ -122,7 +135,7 @@ class EncoderLayer(nn.Module):
         return self.final_layer_norm(src + self._feed_forward(src)), weights
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(FeedForwardLayer):
     def __init__(self, config):
         super().__init__()
         d_model, heads = config.d_model, config.decoder_attention_heads
@@ -130,16 +143,7 @@ class DecoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
         self.encoder_attn = MultiheadAttention(d_model, heads, config.attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
-        self.fc1 = nn.Linear(d_model, config.decoder_ffn_dim)
-        self.fc2 = nn.Linear(config.decoder_ffn_dim, d_model)
-        self.final_layer_norm = nn.LayerNorm(d_model)
-        self.activation = ACT2FN[config.activation_function]
-        self.dropout = nn.Dropout(config.dropout)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
-        self.normalize_before = config.normalize_before
-
-    def _feed_forward(self, tgt):
-        return self.dropout(self.fc2(self.activation_dropout(self.activation(self.fc1(tgt)))))
+        self._add_feed_forward(config, config.decoder_ffn_dim)
 
     def forward(self, tgt, memory, pos=None, query_pos=None, memory_key_padding_mask=None, output_attentions=False):
         """tgt, query_pos (B, Q, D); memory, pos (B, HW, D); memory_key_padding_mask (B, HW) True on valid.

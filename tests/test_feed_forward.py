@@ -1,0 +1,67 @@
+"""The feed-forward block that recomputes its hidden activation: same outputs and gradients as the modules,
+less saved, and the plain path wherever recomputation does not apply."""
+import pytest
+import torch
+from torch import nn
+
+from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
+from detrkit.modeling.feed_forward import _ReluFeedForward, feed_forward
+
+from conftest import padded_batch, random_labels
+
+
+def modules(seed=0, d=6, hidden=10, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return (nn.Linear(d, hidden).to(dtype), nn.ReLU(), nn.Dropout(0.0), nn.Linear(hidden, d).to(dtype))
+
+
+def test_gradcheck_in_float64():
+    fc1, _, _, fc2 = modules()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ReluFeedForward.apply, (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias))
+
+
+def test_matches_the_modules_and_saves_only_the_input():
+    fc1, act, drop, fc2 = modules(dtype=torch.float32, d=16, hidden=64)
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        ours = feed_forward(x, fc1, act, drop, fc2, recompute=True)
+    # the input and the weights, never the (3, 7, 64) hidden activation
+    assert sorted(saved) == sorted([x.shape, fc1.weight.shape, fc1.bias.shape, fc2.weight.shape])
+    reference = fc2(act(fc1(x)))
+    torch.testing.assert_close(ours, reference)
+    grad = torch.randn_like(ours)
+    params = [x, fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+    for a, b in zip(torch.autograd.grad(ours, params, grad), torch.autograd.grad(reference, params, grad)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("case", ["gelu", "activation dropout", "no grad", "off"])
+def test_other_settings_run_the_modules(case):
+    fc1, act, drop, fc2 = modules(dtype=torch.float32)
+    if case == "gelu":
+        act = nn.GELU()
+    if case == "activation dropout":
+        drop = nn.Dropout(0.5).train()
+    x = torch.randn(2, 6, requires_grad=True)
+    with torch.set_grad_enabled(case != "no grad"):
+        out = feed_forward(x, fc1, act, drop, fc2, recompute=case != "off")
+    assert out.grad_fn is None or "ReluFeedForward" not in type(out.grad_fn).__name__
+
+
+def test_model_gradients_equal_with_and_without_recomputation():
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels(2, num_labels=3)
+    grads = []
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        config = DeformableDetrConfig(backbone="resnet18", d_model=32, encoder_layers=2, decoder_layers=2,
+                                      encoder_ffn_dim=64, decoder_ffn_dim=64, num_labels=3, dropout=0.0,
+                                      recompute_activations=recompute)
+        model = DeformableDetrForObjectDetection(config).train()
+        model(pixel_values, pixel_mask=pixel_mask, labels=labels).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
