@@ -109,6 +109,15 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
                     init.copy_(head.layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
 
 
+def _mask_if_needed(padding_mask: torch.Tensor) -> torch.Tensor | None:
+    """None when nothing is padding (one image, or images of one size), sparing every attention layer a masked
+    copy of its values and of their gradient. Traced and compiled graphs keep the mask: the test depends on the
+    data, and a trace must stay right for padded inputs."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or padding_mask.any():
+        return padding_mask
+    return None
+
+
 class DeformableDetrModel(DeformableDetrPreTrainedModel):
     """Backbone + multi-scale deformable encoder-decoder, without heads."""
 
@@ -211,9 +220,10 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             for level, mask in enumerate(masks)
         ], 1)
         padding_mask = ~torch.cat([mask.flatten(1) for mask in masks], 1)
+        attention_padding_mask = _mask_if_needed(padding_mask)
 
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
-            src, pos, spatial_shapes, level_start_index, valid_ratios, padding_mask,
+            src, pos, spatial_shapes, level_start_index, valid_ratios, attention_padding_mask,
             output_attentions, output_hidden_states,
         )
 
@@ -230,7 +240,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
 
         hidden, references, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-            padding_mask, output_attentions, output_hidden_states,
+            attention_padding_mask, output_attentions, output_hidden_states,
         )
         result = DeformableDetrModelOutput(
             init_reference_points=reference_points,
