@@ -102,7 +102,7 @@ class MultiScaleDeformableAttention(nn.Module):
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape[-1]}")
 
-        batch_size, sequence_length, _ = value.shape
+        sequence_length = value.shape[1]
         value = self.value_proj(value)
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)

@@ -52,8 +52,6 @@ def feed_forward(x: torch.Tensor, fc1: nn.Linear, activation: nn.Module, activat
         and torch.is_grad_enabled()
         and isinstance(activation, nn.ReLU)
         and (activation_dropout.p == 0.0 or not activation_dropout.training)
-        and fc1.bias is not None
-        and fc2.bias is not None
         and not torch.is_autocast_enabled(x.device.type)
     )
     if recomputable:

@@ -30,7 +30,7 @@ sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != HERE] + [
 
 import torch  # noqa: E402
 from training.config import REPO_ROOT, build_config  # noqa: E402
-from training.data import load_data  # noqa: E402
+from training.data import load_split, resolve_source  # noqa: E402
 from training.history import read_history  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.models import make_processor, model_classes  # noqa: E402
@@ -104,7 +104,7 @@ def train_one(args, kind: str) -> list[dict]:
     init_dir = output / "init"
     probe = run_config(args, kind, init_dir, output)
     processor = make_processor(kind, probe)
-    id2label = load_data(probe, processor, log=lambda *_: None).id2label
+    id2label = load_split(resolve_source(probe, log=lambda *_: None), probe.train_split, probe).id2label
     model = initial_model(kind, id2label, backbone_state(args.backbone), args.seed)
     model.save_pretrained(init_dir)
     processor.save_pretrained(init_dir)
