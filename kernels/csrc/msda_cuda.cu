@@ -7,13 +7,14 @@
 // point. Any B, Q, H, D, L, P works: there is no im2col step.
 // Backward: lanes reduce their partial dot products with warp shuffles, so one lane writes each location /
 // weight gradient (no atomics there); grad_value is scattered with atomicAdd into an opmath (fp32 for the
-// half types) buffer, 16-byte vector atomics on sm_90+.
+// half types) buffer, 16-byte vector atomics on sm_90+, and a lane's VEC is capped at one atomic's width.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "msda_common.h"
@@ -166,15 +167,25 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out, const sca
   }
 }
 
-// Widest vector (<= 16 bytes) that divides D and keeps every access aligned.
+// Widest vector (<= 16 bytes, <= max_vec elements) that divides D and keeps every access aligned.
 template <typename scalar_t>
-int pick_vec(int64_t D, std::initializer_list<const void*> pointers) {
-  for (int vec = 16 / static_cast<int>(sizeof(scalar_t)); vec > 1; vec /= 2) {
+int pick_vec(int64_t D, std::initializer_list<const void*> pointers, int max_vec = 16) {
+  for (int vec = std::min(16 / static_cast<int>(sizeof(scalar_t)), max_vec); vec > 1; vec /= 2) {
     bool ok = D % vec == 0;
     for (const void* p : pointers) ok = ok && reinterpret_cast<uintptr_t>(p) % (vec * sizeof(scalar_t)) == 0;
     if (ok) return vec;
   }
   return 1;
+}
+
+// Channels per lane in the backward: no more than one atomic instruction on grad_value covers (a float4 on
+// sm_90+, else one element), so that each atomic instruction of a point's lanes covers whole 32-byte L2 sectors.
+// Wider lanes make each instruction stride: 16-byte half loads with two float4 atomics per lane would touch every
+// sector twice, half-used each time, and L2 atomic throughput counts sectors.
+template <typename acc_t>
+int atomic_vec(const at::Tensor& on) {
+  const bool vector_atomics = std::is_same_v<acc_t, float> && at::cuda::getDeviceProperties(on.get_device())->major >= 9;
+  return vector_atomics ? 4 : 1;
 }
 
 int lanes_per_group(int64_t D, int vec) {
@@ -235,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
   if (n.B * n.Q * n.H > 0 && n.D > 0 && n.L * n.P > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "msda_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const int vec = pick_vec<scalar_t>(n.D, {value.data_ptr(), grad_output.data_ptr()});
+      const int vec = pick_vec<scalar_t>(n.D, {value.data_ptr(), grad_output.data_ptr()}, atomic_vec<acc_t>(value));
       const int tpg = lanes_per_group(n.D, vec);
       dispatch_vec(vec, [&](auto VEC) {
         backward_kernel<scalar_t, decltype(VEC)::value>
