@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
+from .linear_of_sum import is_plain_linear, linear_of_sum
 from .multi_scale_deformable_attention import multi_scale_deformable_attention as _reference_msda
 
 try:  # optional: absent under trust_remote_code, where the reference serves
@@ -27,12 +28,13 @@ class MultiScaleDeformableAttention(nn.Module):
     `value_proj`, `output_proj`) so their checkpoints load unchanged.
     """
 
-    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, use_kernel=True):
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, use_kernel=True, recompute_activations=False):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by the number of heads ({n_heads})")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.use_kernel = use_kernel
+        self.recompute_activations = recompute_activations  # keep query and query_pos, not their sum
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -71,24 +73,37 @@ class MultiScaleDeformableAttention(nn.Module):
         locations = torch.addcmul(reference, offsets, scale)
         return locations.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
 
-    def forward(self, query, reference_points, value, spatial_shapes, level_start_index, value_padding_mask=None):
+    def _project_query(self, query, query_pos):
+        """Sampling offsets and attention logits from query + query_pos; with plain linears, as one matmul over
+        their stacked weights (adapters and hooked modules are called as they are)."""
+        if not (is_plain_linear(self.sampling_offsets) and is_plain_linear(self.attention_weights)):
+            query = query if query_pos is None else query + query_pos
+            return self.sampling_offsets(query), self.attention_weights(query)
+        weight = torch.cat([self.sampling_offsets.weight, self.attention_weights.weight])
+        bias = torch.cat([self.sampling_offsets.bias, self.attention_weights.bias])
+        projected = linear_of_sum(query, query_pos, weight, bias, self.recompute_activations)
+        return projected.split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+
+    def forward(self, query, reference_points, value, spatial_shapes, level_start_index, value_padding_mask=None,
+                query_pos=None):
         """
         Args:
-            query: (B, Q, C) query features, position embedding already added.
+            query: (B, Q, C) query features.
             reference_points: (B, Q, L, 2) normalised (x, y) centres, or (B, Q, L, 4) boxes (cx, cy, w, h),
                 in which case offsets are scaled by half the box size (two-stage / box refinement).
             value: (B, S, C) flattened multi-level features, S = sum_l h_l * w_l.
             spatial_shapes: (L, 2) long, (h_l, w_l).
             level_start_index: (L,) long, start of each level in S.
             value_padding_mask: (B, S) bool, True at padding: those values are zeroed so they add nothing.
+            query_pos: (B, Q, C) position embedding added to the query (None: already added).
 
         Returns:
             output (B, Q, C) and the attention weights (B, Q, H, L, P).
         """
         batch_size, num_queries, _ = query.shape
         shape = (batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)
-        sampling_offsets = self.sampling_offsets(query)
-        attention_weights = self.attention_weights(query).view(batch_size, num_queries, self.n_heads, -1)
+        sampling_offsets, attention_weights = self._project_query(query, query_pos)
+        attention_weights = attention_weights.reshape(batch_size, num_queries, self.n_heads, -1)
         attention_weights = attention_weights.softmax(-1).view(shape)
 
         if reference_points.shape[-1] == 2:

@@ -22,7 +22,8 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 def deformable_attention(config, num_heads: int, n_points: int) -> MultiScaleDeformableAttention:
     return MultiScaleDeformableAttention(
-        config.d_model, config.num_feature_levels, num_heads, n_points, use_kernel=not config.disable_custom_kernels
+        config.d_model, config.num_feature_levels, num_heads, n_points, use_kernel=not config.disable_custom_kernels,
+        recompute_activations=config.recompute_activations,
     )
 
 
@@ -35,7 +36,7 @@ class DeformableEncoderLayer(EncoderLayer):
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         """src, pos (B, S, C); reference_points (B, S, L, 2); padding_mask (B, S) True at padding."""
         attended, weights = self.self_attn(
-            with_pos(src, pos), reference_points, src, spatial_shapes, level_start_index, padding_mask
+            src, reference_points, src, spatial_shapes, level_start_index, padding_mask, query_pos=pos
         )
         src = self.self_attn_layer_norm(src + self.dropout(attended))
         return self.final_layer_norm(src + self._feed_forward(src)), weights
@@ -56,7 +57,7 @@ class DeformableDecoderLayer(DecoderLayer):
         attended, self_weights = self.self_attn(q, k, tgt, None, output_attentions)
         tgt = self.self_attn_layer_norm(tgt + self.dropout(attended))
         attended, cross_weights = self.encoder_attn(
-            with_pos(tgt, query_pos), reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask
+            tgt, reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask, query_pos=query_pos
         )
         tgt = self.encoder_attn_layer_norm(tgt + self.dropout(attended))
         return self.final_layer_norm(tgt + self._feed_forward(tgt)), (self_weights, cross_weights)

@@ -18,6 +18,7 @@ from transformers.activations import ACT2FN
 
 from .dropout import Dropout
 from .feed_forward import feed_forward
+from .layer_norm import LayerNorm
 
 
 class MultiheadAttention(nn.Module):
@@ -92,14 +93,18 @@ def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
 
 
 class FeedForwardLayer(nn.Module):
-    """What encoder and decoder layers share: the feed-forward block, its dropouts and the final norm."""
+    """What encoder and decoder layers share: the feed-forward block, its dropouts and the layer norms."""
+
+    @staticmethod
+    def _layer_norm(config) -> LayerNorm:
+        return LayerNorm(config.d_model, keep_output_only=config.recompute_activations)
 
     def _add_feed_forward(self, config, ffn_dim: int):
         # the FFN's linears sit directly in the layer (not in a sub-module) so parameters are named
         # `layers.N.fc1`, as in transformers' checkpoints
         self.fc1 = nn.Linear(config.d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, config.d_model)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
+        self.final_layer_norm = self._layer_norm(config)
         self.activation = ACT2FN[config.activation_function]
         self.dropout = Dropout(config.dropout)
         self.activation_dropout = Dropout(config.activation_dropout)
@@ -116,7 +121,7 @@ class EncoderLayer(FeedForwardLayer):
     def __init__(self, config, self_attn: nn.Module):
         super().__init__()
         self.self_attn = self_attn
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.self_attn_layer_norm = self._layer_norm(config)
         self._add_feed_forward(config, config.encoder_ffn_dim)
 
     def _attend(self, src, pos, key_padding_mask, output_attentions):
@@ -140,9 +145,9 @@ class DecoderLayer(FeedForwardLayer):
         super().__init__()
         d_model, heads = config.d_model, config.decoder_attention_heads
         self.self_attn = MultiheadAttention(d_model, heads, config.attention_dropout)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.self_attn_layer_norm = self._layer_norm(config)
         self.encoder_attn = MultiheadAttention(d_model, heads, config.attention_dropout)
-        self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
+        self.encoder_attn_layer_norm = self._layer_norm(config)
         self._add_feed_forward(config, config.decoder_ffn_dim)
 
     def forward(self, tgt, memory, pos=None, query_pos=None, memory_key_padding_mask=None, output_attentions=False):

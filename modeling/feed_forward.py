@@ -5,11 +5,13 @@ autograd keeps it for the ReLU mask and fc2's weight gradient. In Deformable DET
 is 73 MB a layer, 0.43 GiB of a CPU training step's peak memory. With `recompute_activations` (the
 default) only the block's input is kept, and relu(fc1(x)) is recomputed in backward: one more fc1 matmul,
 about 5% of a CPU training step. It covers the papers' setting (ReLU, no activation dropout) outside
-autocast; anything else, and inference, runs the modules as they are.
+autocast, with plain nn.Linear modules; anything else, and inference, runs the modules as they are.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .linear_of_sum import is_plain_linear
 
 
 class _ReluFeedForward(torch.autograd.Function):
@@ -51,6 +53,8 @@ def feed_forward(x: torch.Tensor, fc1: nn.Linear, activation: nn.Module, activat
         recompute
         and torch.is_grad_enabled()
         and isinstance(activation, nn.ReLU)
+        and is_plain_linear(fc1)
+        and is_plain_linear(fc2)
         and (activation_dropout.p == 0.0 or not activation_dropout.training)
         and not torch.is_autocast_enabled(x.device.type)
     )
