@@ -8,7 +8,8 @@ DETR R50 training step at 800x1066, for two elementwise passes in backward.
 
 The division needs every gamma away from zero relative to its beta (|beta| <= 1e3 |gamma| keeps x_hat to about
 1e-4 of fp32's precision); that check reads the weights, a device sync on a GPU, so the memory-efficient path
-runs on CPU only. Elsewhere, and in inference, under autocast or with other dtypes, it is nn.LayerNorm.
+runs on CPU only. Elsewhere, and in inference, under autocast or torch.compile (which plans its own
+recomputation) or with other dtypes, it is nn.LayerNorm.
 """
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ class _OutputSavingLayerNorm(torch.autograd.Function):
 def _output_recovers_input(x: torch.Tensor, weight, bias) -> bool:
     return (
         x.device.type == "cpu"
+        and not torch.compiler.is_compiling()  # the weight check below would break a compiled graph
         and weight is not None
         and bias is not None
         and x.dtype == weight.dtype == bias.dtype

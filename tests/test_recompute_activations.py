@@ -73,6 +73,15 @@ def test_layer_norm_falls_back_where_the_output_cannot_give_the_input(case):
     torch.testing.assert_close(out, F.layer_norm(x, (6,), norm.weight, norm.bias))
 
 
+def test_layer_norm_compiles_in_training_without_graph_breaks():
+    norm = affine_layer_norm(d=8, dtype=torch.float32)
+    x = torch.randn(3, 8, requires_grad=True)
+    out = torch.compile(norm, backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, F.layer_norm(x, (8,), norm.weight, norm.bias))
+    out.sum().backward()
+    assert x.grad is not None
+
+
 def test_linear_of_sum_gradcheck_with_broadcast_position():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
