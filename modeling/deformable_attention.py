@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
+from .detr_transformer import with_pos
 from .linear_of_sum import is_plain_linear, linear_of_sum
 from .multi_scale_deformable_attention import multi_scale_deformable_attention as _reference_msda
 
@@ -77,7 +78,7 @@ class MultiScaleDeformableAttention(nn.Module):
         """Sampling offsets and attention logits from query + query_pos; with plain linears, as one matmul over
         their stacked weights (adapters and hooked modules are called as they are)."""
         if not (is_plain_linear(self.sampling_offsets) and is_plain_linear(self.attention_weights)):
-            query = query if query_pos is None else query + query_pos
+            query = with_pos(query, query_pos)
             return self.sampling_offsets(query), self.attention_weights(query)
         weight = torch.cat([self.sampling_offsets.weight, self.attention_weights.weight])
         bias = torch.cat([self.sampling_offsets.bias, self.attention_weights.bias])

@@ -30,14 +30,11 @@ class _LinearOfSum(torch.autograd.Function):
             grad_weight = grad2d.t() @ (x + pos).reshape(-1, weight.shape[1])  # the recomputation
         if need_bias:
             grad_bias = grad2d.sum(0)
-        # d(x + pos) passes the same gradient to both (autograd's own AddBackward does the same)
-        return (_reduce_to(grad_sum, x) if need_x else None, _reduce_to(grad_sum, pos) if need_pos else None,
-                grad_weight, grad_bias)
-
-
-def _reduce_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Sum a broadcast gradient back to the shape of the input it came from."""
-    return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
+        # d(x + pos) passes the same gradient to both, as autograd's AddBackward does, summed back over any
+        # dimension the sum broadcast (one pos for the whole batch)
+        grad_x = grad_sum.sum_to_size(x.shape) if need_x else None
+        grad_pos = grad_sum.sum_to_size(pos.shape) if need_pos else None
+        return grad_x, grad_pos, grad_weight, grad_bias
 
 
 def linear_of_sum(x: torch.Tensor, pos: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
