@@ -6,7 +6,14 @@ transformers imports any third-party package called `kernels` it finds).
 """
 from setuptools import setup
 
-SUBPACKAGES = {"detrkit.modeling": "modeling", "detrkit.processing": "processing", "detrkit.kernels": "kernels"}
+SUBPACKAGES = {
+    "detrkit.modeling": "modeling",
+    "detrkit.processing": "processing",
+    "detrkit.kernels": "kernels",
+    "detrkit.training": "scripts/training",  # train / evaluate / predict / data, and the `detrkit` command line
+    "detrkit.conversion": "scripts/conversion",  # official checkpoints -> save_pretrained folders
+    "detrkit.deploy": "scripts/deploy",  # ONNX export, attention pictures, the web demo
+}
 
 setup(
     name="detrkit",
@@ -19,6 +26,7 @@ setup(
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
     package_data={"detrkit.kernels": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "csrc/*.cuh"]},
+    entry_points={"console_scripts": ["detrkit = detrkit.training.cli:main"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

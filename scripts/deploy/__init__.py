@@ -1,0 +1,1 @@
+"""Deployment and inspection: ONNX export, attention pictures, the Gradio web demo / Hugging Face Space."""
