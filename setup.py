@@ -7,12 +7,14 @@ transformers imports any third-party package called `kernels` it finds).
 from setuptools import setup
 
 SUBPACKAGES = {
+    "detrkit": "scripts/detrkit_main",  # only __main__.py (`python -m detrkit`); no __init__.py: still a namespace
     "detrkit.modeling": "modeling",
     "detrkit.processing": "processing",
     "detrkit.kernels": "kernels",
     "detrkit.training": "scripts/training",  # train / evaluate / predict / data, and the `detrkit` command line
     "detrkit.conversion": "scripts/conversion",  # official checkpoints -> save_pretrained folders
     "detrkit.deploy": "scripts/deploy",  # ONNX export, attention pictures, the web demo
+    "detrkit.model_cards": "model_cards",  # card templates (data only): detrkit/modeling/../model_cards as in the repo
 }
 
 setup(
@@ -25,7 +27,8 @@ setup(
     python_requires=">=3.10",
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
-    package_data={"detrkit.kernels": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "csrc/*.cuh"]},
+    package_data={"detrkit.kernels": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "csrc/*.cuh"],
+                  "detrkit.model_cards": ["*.md"]},
     entry_points={"console_scripts": ["detrkit = detrkit.training.cli:main"]},
     install_requires=[
         "torch>=2.4",

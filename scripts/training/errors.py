@@ -1,0 +1,46 @@
+"""How the command line answers a user's mistake: one clear line on stderr and a non-zero exit, no traceback.
+
+A wrong path, a broken annotation file or model folder, an impossible option: the code that finds the problem
+raises an exception whose message names it (ValueError, OSError, KeyError and their subclasses, which is what
+the libraries underneath raise for bad input too). `run_command` turns those into `detrkit CMD: error: ...`;
+anything else is a bug and keeps its traceback. `--debug` anywhere on the command line shows the traceback of
+a user error as well.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
+
+
+class UsageError(ValueError):
+    """A user's mistake found by detrkit itself (the message says what to do)."""
+
+
+def message_of(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    text = str(text).strip() or type(error).__name__
+    return " ".join(text.split()) if len(text) < 2000 else text.splitlines()[0]
+
+
+def run_command(name: str, argv: list[str] | None, command: Callable[[list[str]], object]) -> int:
+    """Run `command(argv without --debug)`; user errors -> one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        result = command(argv)
+    except KeyboardInterrupt:
+        print(f"detrkit {name}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exit_:  # argparse's own usage errors (already printed) and --help
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    except USER_ERRORS as error:
+        if debug:
+            traceback.print_exc()
+        print(f"detrkit {name}: error: {message_of(error)}" + ("" if debug else "  (--debug shows the traceback)"),
+              file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
