@@ -34,7 +34,12 @@ class DetrConfig(PreTrainedConfig):
         num_queries, position_embedding_type ("sine" | "learned") as in transformers.
         normalize_before (`bool`): pre-norm layers (the paper uses post-norm).
         encoder_attention_type (`str`): name of the encoder self-attention in
-            `detr_transformer.ENCODER_SELF_ATTENTIONS` ("standard"; ACT adds "clustered").
+            `detr_transformer.ENCODER_SELF_ATTENTIONS`: "standard", or "act" (adaptive clustering attention,
+            `adaptive_clustering_attention.py`), which a trained DETR takes without retraining.
+        act_hash_rounds (`int`): ACT's E2LSH rounds L (the official README recommends 32, 24, 20 or 16; fewer
+            rounds, fewer and larger clusters).
+        act_bucket_width (`float`): ACT's E2LSH bucket width r (the official code's 8).
+        act_seed (`int`): seed of ACT's hash projections, so the same image gives the same detections.
         recompute_activations (`bool`): in training, keep less for backward and recompute what is cheap: each
             feed-forward block keeps its input only and recomputes its ReLU output (4x wider; `feed_forward.py`),
             layer norms keep their output instead of their input (CPU; `layer_norm.py`), and projections of
@@ -80,6 +85,9 @@ class DetrConfig(PreTrainedConfig):
     activation_dropout: float = 0.0
     normalize_before: bool = False
     encoder_attention_type: str = "standard"
+    act_hash_rounds: int = 24
+    act_bucket_width: float = 8.0
+    act_seed: int = 0
     recompute_activations: bool = True
     position_embedding_type: str = "sine"
     init_std: float = 0.02

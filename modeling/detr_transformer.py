@@ -74,7 +74,14 @@ ENCODER_SELF_ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
     "standard": lambda config: MultiheadAttention(
         config.d_model, config.encoder_attention_heads, config.attention_dropout
     ),
+    "act": lambda config: _adaptive_clustering_attention(config),  # ACT, Zheng et al. 2021
 }
+
+
+def _adaptive_clustering_attention(config) -> nn.Module:
+    from .adaptive_clustering_attention import from_config  # it imports this module, so not at the top
+
+    return from_config(config)
 
 
 def build_encoder_self_attention(config) -> nn.Module:

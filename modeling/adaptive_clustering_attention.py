@@ -1,0 +1,165 @@
+"""Adaptive clustering attention (ACT; Zheng et al., "End-to-End Object Detection with Adaptive Clustering
+Transformer", BMVC 2021): DETR's encoder self-attention at O(N K) instead of O(N^2).
+
+Per head, the queries are hashed with E2LSH, h_l(q) = floor((a_l . q + b_l) / r) for L rounds, a_l ~ N(0, I),
+b_l ~ U(0, r), bucket width r. Queries whose L codes are all equal form one cluster; the number of clusters K
+adapts to the image, the layer and the head. Each cluster's prototype is the mean of its queries; the prototypes
+attend over all keys and every query takes its prototype's output. Like the official code, hashing sees the
+scaled query q / sqrt(d_head) and uses one set of projections for every head and image.
+
+Where this differs from the official CUDA code, on purpose:
+- the projections are drawn once from `seed` (not at every call), so the same image gives the same detections;
+  they are recomputed from the seed, never stored, so checkpoints without them load and stay small;
+- rounds are combined exactly (equal code vectors), where the official code packs each round into 2 bits and so
+  may merge queries whose codes differ by a multiple of 4 in a round;
+- the bias is drawn from U(0, r) as E2LSH defines it (the official code draws U(0, 1) before dividing by r);
+- padded pixels are clustered apart from real ones and masked as keys (the official code hashes them together).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .detr_transformer import MultiheadAttention
+
+_INT64_LIMIT = 2**62  # headroom below int64's maximum for the combined cluster keys
+
+
+def e2lsh_codes(x: torch.Tensor, projections: torch.Tensor, bias: torch.Tensor, bucket_width: float) -> torch.Tensor:
+    """E2LSH codes floor((x . a_l + b_l) / r): x (..., N, d), projections (d, L), bias (L,) -> (..., N, L) int64."""
+    return torch.floor((x @ projections + bias) / bucket_width).long()
+
+
+def adaptive_clusters(codes: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the queries of each row that share all L codes.
+
+    codes (..., N, L) integer; valid (..., N) bool (True on real pixels) or None. Padded queries only ever share a
+    cluster with padded queries of the same row. Returns the cluster index of every query (..., N), in
+    [0, num_clusters) of its row, and num_clusters (...,).
+    """
+    *lead, n, rounds = codes.shape
+    rows = codes[..., 0, 0].numel()
+    codes = codes.reshape(rows * n, rounds)
+    codes = codes - codes.min(0).values  # non-negative, so a code never borrows from the key above it
+    row_of = torch.arange(rows, device=codes.device).repeat_interleave(n)
+    key = row_of * 2
+    if valid is not None:
+        key = key + (~valid.reshape(rows * n).bool()).long()
+    # Fold the rounds into one int64 key per query, (key, code) -> key * span + code, which keeps the order of
+    # (row, padding flag, code_1, ..., code_L); re-number the keys densely whenever the next round would overflow.
+    key_max = int(key.max()) + 1
+    for r in range(rounds):
+        span = int(codes[:, r].max()) + 1
+        if key_max * span >= _INT64_LIMIT:
+            key = torch.unique(key, return_inverse=True)[1]
+            key_max = int(key.max()) + 1
+        key = key * span + codes[:, r]
+        key_max *= span
+    cluster = torch.unique(key, return_inverse=True)[1]  # sorted: row-major over the clusters
+    total = int(cluster.max()) + 1
+    cluster_row = torch.zeros(total, dtype=torch.long, device=codes.device).scatter_(0, cluster, row_of)
+    num_clusters = torch.bincount(cluster_row, minlength=rows)
+    first_of_row = num_clusters.cumsum(0) - num_clusters
+    local = cluster - first_of_row[row_of]
+    return local.reshape(*lead, n), num_clusters.reshape(lead)
+
+
+def clustered_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    clusters: torch.Tensor,
+    num_clusters: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    output_attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of cluster prototypes, broadcast back to their queries.
+
+    q (B, H, N, d); k, v (B, H, Nk, d); clusters (B, H, N) cluster index per query; num_clusters (B, H);
+    key_padding_mask (B, Nk) True on valid keys or None. Returns (B, H, N, d) and, if requested, each query's
+    attention weights (its prototype's, (B, H, N, Nk)). Differentiable in q, k and v for fixed clusters.
+    """
+    batch, heads, n, d = q.shape
+    slots = int(num_clusters.max())
+    index = clusters.unsqueeze(-1).expand(-1, -1, -1, d)
+    sums = q.new_zeros(batch, heads, slots, d).scatter_add(2, index, q)
+    counts = q.new_zeros(batch, heads, slots).scatter_add(2, clusters, q.new_ones(clusters.shape))
+    prototypes = sums / counts.clamp(min=1).unsqueeze(-1)  # (B, H, K, d); unused slots of a row stay 0
+    attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].bool()
+    weights = None
+    if output_attentions:
+        scores = (prototypes @ k.transpose(-2, -1)) * d**-0.5
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        prototype_weights = scores.softmax(-1)  # (B, H, K, Nk)
+        out = F.dropout(prototype_weights, dropout_p, dropout_p > 0) @ v
+        weights = prototype_weights.gather(2, clusters.unsqueeze(-1).expand(-1, -1, -1, k.shape[2]))
+    else:
+        out = F.scaled_dot_product_attention(prototypes, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    return out.gather(2, index), weights
+
+
+class AdaptiveClusteringAttention(MultiheadAttention):
+    """Drop-in for the encoder's `MultiheadAttention` (same parameters, so trained weights load unchanged) whose
+    queries are clustered with E2LSH before attending.
+
+    After each forward, `num_clusters` (B, H) holds the number of clusters per image and head (padded pixels'
+    clusters included) for inspection.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, hash_rounds: int = 24,
+                 bucket_width: float = 8.0, seed: int = 0):
+        super().__init__(embed_dim, num_heads, dropout)
+        if hash_rounds < 1:
+            raise ValueError(f"act_hash_rounds must be a positive number of E2LSH rounds, got {hash_rounds}")
+        if not bucket_width > 0:
+            raise ValueError(f"act_bucket_width must be positive, got {bucket_width}")
+        self.hash_rounds = hash_rounds
+        self.bucket_width = float(bucket_width)
+        self.seed = seed
+        self.num_clusters: torch.Tensor | None = None
+
+    def hash_functions(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The E2LSH projections a (d_head, L) ~ N(0, 1) and biases b (L,) ~ U(0, r), drawn from `seed` on the CPU
+        (the same numbers on every device)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        projections = torch.randn(self.head_dim, self.hash_rounds, generator=generator, dtype=torch.float64)
+        bias = torch.rand(self.hash_rounds, generator=generator, dtype=torch.float64) * self.bucket_width
+        return projections.to(device, dtype), bias.to(device, dtype)
+
+    @torch.no_grad()
+    def cluster(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, H, N, d) unscaled queries -> (cluster index (B, H, N), num_clusters (B, H))."""
+        projections, bias = self.hash_functions(q.device, torch.float32)
+        codes = e2lsh_codes(q.float() * self.head_dim**-0.5, projections, bias, self.bucket_width)
+        valid = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(-1, q.shape[1], -1)
+        return adaptive_clusters(codes, valid)
+
+    def forward(self, query, key, value, key_padding_mask=None, output_attentions=False):
+        """As `MultiheadAttention.forward`; for self-attention over the same pixels (query and key share N),
+        key_padding_mask (B, N) True on valid pixels."""
+        if query.shape[1] != key.shape[1] and key_padding_mask is not None:
+            raise ValueError("adaptive clustering attention masks padded queries with the key padding mask, so it "
+                             f"needs queries and keys over the same pixels; got {query.shape[1]} and {key.shape[1]}")
+        q = self._split_heads(self.q_proj(query))
+        k = self._split_heads(self.k_proj(key))
+        v = self._split_heads(self.v_proj(value))
+        clusters, num_clusters = self.cluster(q, key_padding_mask)
+        self.num_clusters = num_clusters
+        out, weights = clustered_attention(q, k, v, clusters, num_clusters, key_padding_mask,
+                                           self.dropout if self.training else 0.0, output_attentions)
+        return self.out_proj(out.transpose(1, 2).flatten(2)), weights
+
+
+def from_config(config) -> AdaptiveClusteringAttention:
+    return AdaptiveClusteringAttention(
+        config.d_model,
+        config.encoder_attention_heads,
+        config.attention_dropout,
+        hash_rounds=config.act_hash_rounds,
+        bucket_width=config.act_bucket_width,
+        seed=config.act_seed,
+    )
+
+
+__all__ = ["AdaptiveClusteringAttention", "adaptive_clusters", "clustered_attention", "e2lsh_codes"]
