@@ -1,7 +1,13 @@
 """DETR-family models. Importing this package registers them with transformers' Auto classes, and marks them so
 `save_pretrained` writes `auto_map` plus the code files (loadable with `trust_remote_code=True`)."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageSegmentation,
+    AutoModelForObjectDetection,
+    AutoModelForUniversalSegmentation,
+)
 
 from .backbone import Backbone
 from .configuration_deformable_detr import DeformableDetrConfig
@@ -22,6 +28,12 @@ from .modeling_deformable_detr import (
     DeformableDetrObjectDetectionOutput,
     DeformableDetrPreTrainedModel,
 )
+from .modeling_detr_segmentation import (
+    DeformableDetrForSegmentation,
+    DeformableDetrSegmentationOutput,
+    DetrForSegmentation,
+    DetrSegmentationOutput,
+)
 from .presets import PRESETS, config_from_preset, register_preset
 
 
@@ -37,6 +49,17 @@ def _register(config_class, base_model, detection_model):
 _register(DetrConfig, DetrModel, DetrForObjectDetection)
 _register(DeformableDetrConfig, DeformableDetrModel, DeformableDetrForObjectDetection)
 
+
+def _register_segmentation(config_class, segmentation_model):
+    # as transformers registers its DetrForSegmentation; save_pretrained adds the universal entry to auto_map
+    AutoModelForImageSegmentation.register(config_class, segmentation_model, exist_ok=True)
+    AutoModelForUniversalSegmentation.register(config_class, segmentation_model, exist_ok=True)
+    segmentation_model.register_for_auto_class("AutoModelForImageSegmentation")
+
+
+_register_segmentation(DetrConfig, DetrForSegmentation)
+_register_segmentation(DeformableDetrConfig, DeformableDetrForSegmentation)
+
 __all__ = [
     "DeformableDetrConfig",
     "DeformableDetrForObjectDetection",
@@ -44,6 +67,10 @@ __all__ = [
     "DeformableDetrModelOutput",
     "DeformableDetrObjectDetectionOutput",
     "DeformableDetrPreTrainedModel",
+    "DeformableDetrForSegmentation",
+    "DeformableDetrSegmentationOutput",
+    "DetrForSegmentation",
+    "DetrSegmentationOutput",
     "Backbone",
     "DetrConfig",
     "DetrForObjectDetection",

@@ -1,0 +1,340 @@
+"""Panoptic / instance segmentation on top of DETR and Deformable DETR (DETR paper, section 4.4).
+
+Each model holds the unchanged detector as `detr` and adds `bbox_attention` (a multi-head attention map of every
+decoder output over one level of the encoder memory) and `mask_head` (an FPN-like convolutional head over the
+backbone's C2-C4) giving one mask logit map per query at 1/4 resolution. The names are those of transformers'
+`DetrForSegmentation` checkpoints, which load with no missing or unexpected weights.
+
+The detector runs its own forward untouched; the backbone stages the head needs (C2-C5) are kept from that same
+forward by hooks on the timm stage modules, so the backbone runs once and no detector code is repeated here.
+
+Deformable DETR's memory has several levels. The attention map reads the stride-16 (C4) level: every level of
+the deformable encoder has already mixed information from all levels, so the finer level gives 4x more
+attention pixels than the stride-32 one for a small cost (Q x heads x h/16 x w/16), and the FPN steps then fuse
+C4 (same resolution), C3 and C2 exactly as in DETR. Single-scale models, whose only level is C5, read that one.
+The backbone must return C3-C5 as usual; C2 is taken from its stage module even when it is not one of the
+detector's levels (the shipped checkpoints use C3-C5).
+
+Training (`labels` with "masks"): the detector's set losses as they are, plus sigmoid focal and DICE losses
+on the matched queries' masks (`mask_loss.py`). `config.freeze_detector` (the paper's second step) freezes the
+whole detector and runs it without autograd; only the attention map and the mask head learn.
+"""
+
+import contextlib
+import copy
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .loss import SetCriterion
+from .mask_head import MaskHeadSmallConv, MHAttentionMap
+from .mask_loss import mask_losses, validate_masks
+from .modeling_deformable_detr import DeformableDetrForObjectDetection, DeformableDetrPreTrainedModel
+from .modeling_detr import DetrForObjectDetection, DetrPreTrainedModel
+
+
+@dataclass
+class DetrSegmentationOutput(ModelOutput):
+    """
+    loss, loss_dict: the detector's set losses plus "loss_mask" (focal) and "loss_dice" (when `labels` are given).
+    logits (B, Q, classes), pred_boxes (B, Q, 4): the detector's.
+    pred_masks (B, Q, H/4, W/4): mask logits of every query at 1/4 of the (padded) input resolution.
+    auxiliary_outputs, hidden states, attentions: the detector's.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    pred_masks: torch.Tensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DeformableDetrSegmentationOutput(DetrSegmentationOutput):
+    """DetrSegmentationOutput plus Deformable DETR's reference points and two-stage proposals."""
+
+    init_reference_points: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+
+
+class StageTap:
+    """Keeps the outputs of chosen timm backbone stages while the detector runs (forward hooks on the stage
+    modules), so the mask head reads the very maps the detector computed."""
+
+    def __init__(self, backbone, stage_indices: list[int]):
+        info = backbone.model.feature_info.info  # every stage timm knows, not only the returned ones
+        modules = dict(backbone.model.named_modules())
+        self.channels = []
+        self._outputs = {}
+        for index in stage_indices:
+            if not 0 <= index < len(info):
+                raise ValueError(f"the mask head needs backbone stage {index}, but {type(backbone.model).__name__} "
+                                 f"has stages 0-{len(info) - 1}")
+            name = info[index]["module"]
+            module = modules.get(name) or modules.get(name.replace(".", "_"))
+            if module is None:
+                raise ValueError(f"backbone stage {index} ({name!r}) is not among the modules timm built; the "
+                                 "mask head needs it: include it in backbone_out_indices")
+            # a bound method (not a closure), so a deep copy of the model hooks its own copy of the tap
+            module.register_forward_hook(functools.partial(self._keep, index))
+            self.channels.append(info[index]["num_chs"])
+        self.stage_indices = list(stage_indices)
+
+    def _keep(self, index, module, args, output):
+        if self._outputs is not None:
+            self._outputs[index] = output
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Yields a list filled, once the block's forward has run, with the stages' maps in `stage_indices` order."""
+        self._outputs, maps = {}, []
+        try:
+            yield maps
+            missing = [i for i in self.stage_indices if i not in self._outputs]
+            if missing:
+                raise RuntimeError(f"backbone stages {missing} did not run in the detector's forward")
+            for index, channels in zip(self.stage_indices, self.channels):
+                stage = self._outputs[index]
+                # channels-last (NHWC) stage outputs, as in hierarchical transformers: to (B, C, h, w)
+                maps.append(stage.permute(0, 3, 1, 2) if stage.shape[1] != channels else stage)
+        finally:
+            self._outputs = None  # drop the references: the maps belong to this forward only
+
+
+def _valid_at(pixel_mask: torch.Tensor, size) -> torch.Tensor:
+    """(B, H, W) pixel mask -> (B, h, w) bool, True on image pixels, resized as the backbone resizes it."""
+    return F.interpolate(pixel_mask[None].float(), size=size)[0].to(torch.bool)
+
+
+def _num_boxes(labels: list[dict], device) -> float:
+    """Target count per process, averaged over processes (as the set loss normalizes), at least 1."""
+    count = torch.as_tensor([float(sum(len(t["class_labels"]) for t in labels))], device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        count /= torch.distributed.get_world_size()
+    return count.clamp(min=1).item()
+
+
+def _init_head_weights(module):
+    """The official inits: xavier attention projections, kaiming-uniform (a=1) mask head convolutions."""
+    if isinstance(module, MHAttentionMap):
+        for linear in (module.q_linear, module.k_linear):
+            init.xavier_uniform_(linear.weight)
+            init.zeros_(linear.bias)
+    elif isinstance(module, MaskHeadSmallConv):
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                init.kaiming_uniform_(conv.weight, a=1)
+                init.zeros_(conv.bias)
+
+
+class _SegmentationHead:
+    """What DetrForSegmentation and DeformableDetrForSegmentation share: building the head around `self.detr`,
+    freezing, loading a detector, the mask losses and the output. A mixin of plain methods, no forward."""
+
+    detector_class = None  # the detection model class `self.detr` is
+    output_class = DetrSegmentationOutput
+    uses_focal_loss = False
+
+    def _build_head(self, config, stage_indices: list[int]):
+        backbone = self.detr.model.backbone.conv_encoder
+        self.stage_tap = StageTap(backbone, stage_indices)
+        heads = config.encoder_attention_heads
+        channels = dict(zip(stage_indices, self.stage_tap.channels))
+        fpn_dims = [channels[i] for i in stage_indices[:3][::-1]]  # C4, C3, C2
+        self.bbox_attention = MHAttentionMap(config.d_model, config.d_model, heads)
+        self.mask_head = MaskHeadSmallConv(config.d_model + heads, fpn_dims, config.d_model)
+        self.set_detector_frozen(bool(getattr(config, "freeze_detector", False)))
+
+    def set_detector_frozen(self, frozen: bool = True):
+        """The paper's second step: the detector (backbone included) stops learning; `config.freeze_detector`
+        records it, so a saved model reloads the same way. Unfreezing restores the backbone's own stage freezing."""
+        self.config.freeze_detector = frozen
+        self.detr.requires_grad_(not frozen)
+        if not frozen:
+            self.detr.model.backbone.conv_encoder.freeze_early_stages(self.config.backbone_trainable_stages)
+
+    @property
+    def detector_frozen(self) -> bool:
+        return bool(getattr(self.config, "freeze_detector", False))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.detector_frozen:  # loading makes fresh, trainable Parameters
+            model.set_detector_frozen(True)
+        return loaded
+
+    @classmethod
+    def from_detector(cls, detector, **config_overrides):
+        """The segmentation model around a trained detector (an instance, or a folder / Hub id of one), with a
+        freshly initialised attention map and mask head; `config_overrides` set config fields (freeze_detector)."""
+        if isinstance(detector, (str, os.PathLike)):
+            detector = cls.detector_class.from_pretrained(detector)
+        if not isinstance(detector, cls.detector_class):
+            raise TypeError(f"{cls.__name__}.from_detector needs a {cls.detector_class.__name__}, got "
+                            f"{type(detector).__name__}")
+        config = copy.deepcopy(detector.config)
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
+        config.architectures = [cls.__name__]
+        model = cls(config)
+        model.detr.load_state_dict(detector.state_dict())
+        return model
+
+    def _run_detector(self, pixel_values, pixel_mask, labels, output_attentions, output_hidden_states):
+        """The detector's forward (its losses when labels are given) and the stage maps kept from it."""
+        frozen = self.detector_frozen and self.training
+        with self.stage_tap.recording() as stages, torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            detection = self.detr(pixel_values, pixel_mask, labels=labels, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, return_dict=True)
+        return detection, stages
+
+    def _masks(self, queries, memory, valid, features, fpn_stages):
+        """queries (B, Q, D); memory, features (B, D, h, w); valid (B, h, w) -> pred_masks (B, Q, H/4, W/4)."""
+        attention_maps = self.bbox_attention(queries, memory, padding_mask=~valid)
+        masks = self.mask_head(features, attention_maps, fpn_stages)
+        return masks.view(queries.shape[0], queries.shape[1], *masks.shape[-2:])
+
+    def _output(self, detection, pred_masks, labels, return_dict):
+        loss, loss_dict = detection.loss, detection.loss_dict
+        if labels is not None:
+            validate_masks(labels)
+            predictions = {"logits": detection.logits, "pred_boxes": detection.pred_boxes}
+            device = detection.logits.device
+            targets = [{**t, "class_labels": t["class_labels"].to(device), "boxes": t["boxes"].to(device)}
+                       for t in labels]
+            # the detector's criterion matched the same predictions; matching is deterministic
+            criterion = SetCriterion.from_config(self.config, use_focal_loss=self.uses_focal_loss)
+            indices = criterion.matcher(predictions, targets)
+            terms = mask_losses(pred_masks, labels, indices, _num_boxes(targets, device))
+            loss_dict = {**loss_dict, **terms}
+            loss = (loss + self.config.mask_loss_coefficient * terms["loss_mask"]
+                    + self.config.dice_loss_coefficient * terms["loss_dice"])
+        fields = {k: v for k, v in detection.items() if k in self.output_class.__dataclass_fields__}
+        result = self.output_class(**{**fields, "loss": loss, "loss_dict": loss_dict, "pred_masks": pred_masks})
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # register_for_auto_class records one Auto class; the pipeline's universal-segmentation path needs both
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map["AutoModelForUniversalSegmentation"] = f"{self.__module__.split('.')[-1]}.{type(self).__name__}"
+        self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _stage_indices(detr) -> list[int]:
+    """Indices (in timm's feature_info) of C2, C3, C4, C5: the three stages before the detector's last one."""
+    last = list(detr.model.backbone.conv_encoder.model.feature_info.out_indices)[-1]
+    if last < 3:
+        raise ValueError(f"the mask head needs three backbone stages before the last one (C2-C4 before C5); the "
+                         f"detector's last stage is timm stage {last}")
+    return [last - 3, last - 2, last - 1, last]
+
+
+class DetrForSegmentation(_SegmentationHead, DetrPreTrainedModel):
+    """DETR + attention map over the (stride-32) encoder memory + FPN mask head on C2-C4 (DETR paper, 4.4).
+
+    labels: optional list (one per image) of {"class_labels" (T,), "boxes" (T, 4) normalized cxcywh,
+    "masks" (T, H, W) at the padded input size}."""
+
+    detector_class = DetrForObjectDetection
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.detr = DetrForObjectDetection(config)
+        self._build_head(config, _stage_indices(self.detr))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        _init_head_weights(module)
+
+    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        if pixel_mask is None:
+            pixel_mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], dtype=torch.long,
+                                    device=pixel_values.device)
+        detection, (c2, c3, c4, c5) = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
+                                                         output_hidden_states)
+        batch_size, height, width = c5.shape[0], *c5.shape[-2:]
+        memory = detection.encoder_last_hidden_state.transpose(1, 2).reshape(batch_size, -1, height, width)
+        features = self.detr.model.input_projection(c5)  # the encoder's input, as the official head reads it
+        pred_masks = self._masks(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)),
+                                 features, [c4, c3, c2])
+        return self._output(detection, pred_masks, labels, return_dict)
+
+
+class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedModel):
+    """Deformable DETR + the same head; the attention map reads the stride-16 (C4) memory level (see the module
+    docstring), the C5 one for single-scale models. labels as DetrForSegmentation's."""
+
+    detector_class = DeformableDetrForObjectDetection
+    output_class = DeformableDetrSegmentationOutput
+    uses_focal_loss = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.detr = DeformableDetrForObjectDetection(config)
+        stages = _stage_indices(self.detr)
+        out_indices = list(self.detr.model.backbone.conv_encoder.model.feature_info.out_indices)
+        # the backbone stages that are memory levels, in level order: the last ones returned
+        self.level_stages = out_indices[len(out_indices) - min(config.num_feature_levels, len(out_indices)):]
+        self.feature_stage = stages[2] if stages[2] in self.level_stages else stages[3]
+        if any(stage not in stages for stage in self.level_stages[:self.level_stages.index(self.feature_stage)]):
+            raise ValueError(f"memory levels {self.level_stages} start below C2; the mask head cannot locate its level")
+        self._build_head(config, stages)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        _init_head_weights(module)
+
+    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        if pixel_mask is None:
+            pixel_mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], dtype=torch.long,
+                                    device=pixel_values.device)
+        detection, stage_maps = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
+                                                   output_hidden_states)
+        by_stage = dict(zip(self.stage_tap.stage_indices, stage_maps))
+        level = self.level_stages.index(self.feature_stage)
+        # the memory is the levels' pixels concatenated in level order: skip the finer levels before ours
+        start = sum(by_stage[s].shape[-2] * by_stage[s].shape[-1] for s in self.level_stages[:level])
+        stage = by_stage[self.feature_stage]
+        batch_size, height, width = stage.shape[0], *stage.shape[-2:]
+        memory = detection.encoder_last_hidden_state[:, start:start + height * width]
+        memory = memory.transpose(1, 2).reshape(batch_size, -1, height, width)
+        features = self.detr.model.input_proj[level](stage)  # the level's encoder input, as DETR's head reads
+        c2, c3, c4 = stage_maps[:3]
+        pred_masks = self._masks(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)),
+                                 features, [c4, c3, c2])
+        return self._output(detection, pred_masks, labels, return_dict)
+
+
+__all__ = [
+    "DeformableDetrForSegmentation",
+    "DeformableDetrSegmentationOutput",
+    "DetrForSegmentation",
+    "DetrSegmentationOutput",
+]
