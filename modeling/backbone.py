@@ -8,6 +8,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+# registers timm names such as resnext101_64x4d_dcn; a relative import, so Hub remote code ships the file too
+from .deformable_convolution import DCN_STAGES  # noqa: F401
+
 # Set while a checkpoint is being loaded: its weights replace the backbone's, so fetching timm's ImageNet
 # weights first would only cost a download (or fail offline).
 _SKIP_PRETRAINED_DOWNLOAD = False
