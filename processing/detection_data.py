@@ -1,43 +1,61 @@
 """Detection data sets in one common form, checked record by record.
 
-Three layouts load into a :class:`DetectionData` (records + categories + the problems found):
+Loaders turn each layout into a :class:`DetectionData` (records + categories + the problems found):
 
-* a COCO folder or file: ``images`` + ``instances.json`` (:func:`load_coco`);
+* a COCO instances file and its image folder (:func:`load_coco`);
 * a ``datasets`` Dataset with an ``objects`` column, the cppe-5 Hub layout: ``image``, ``image_id``, ``width``,
   ``height``, ``objects: {id, area, bbox, category}`` with names from the ClassLabel (:func:`load_hf_dataset`);
 * an imagefolder with ``metadata.jsonl`` lines ``{"file_name": ..., "objects": {"bbox": [...], "category": [...]}}``
-  (:func:`load_imagefolder`).
+  (:func:`load_imagefolder`);
+* YOLO and Pascal VOC folders (``yolo.py``, ``voc.py``); :func:`load_detection_data` finds the layout and the
+  split by itself (``data_layouts.py``).
 
 Every record becomes a :class:`DetectionRecord` whose annotations are COCO-style dicts (``bbox`` = absolute
 [x, y, w, h]) with ``category_id`` already mapped to a contiguous label id 0..N-1: COCO category ids may be
-sparse, the model's class head is not. :class:`Categories` keeps the way back to the original ids.
+sparse, the model's class head is not. :class:`Categories` keeps the data's own ids and names.
 
-Validation looks at every record before anything is dropped (missing file, undecodable or truncated image,
-size mismatch, missing field, box outside the image / negative size / NaN, unknown category, duplicate id)
-and then either raises one error listing all problems (``on_error="raise"``) or skips the bad images, counting
-and logging each with its reason (``on_error="skip"``). An image with a bad box is skipped as a whole: keeping
-it without that box would teach the model to call a real object background.
+Validation looks at every record before anything is dropped (missing file, unreadable image header, size
+mismatch, missing field, box outside the image / negative size / NaN, unknown category, duplicate id) and then
+either raises one error listing all problems (``on_error="raise"``) or skips the bad images, counting and
+logging each with its reason (``on_error="skip"``). An image with a bad box is skipped as a whole: keeping it
+without that box would teach the model to call a real object background. Images are checked by their header
+only (``check_images="header"``): decoding every image up front costs minutes at COCO size, and a file that is
+truncated past its header is reported and skipped when the data loader reads it (see ``detection_dataset.py``).
+
+The validated records are stored in an Arrow table (``record_table.py``) cached on disk, keyed by the annotation
+files' paths, sizes and modification times: a second load maps the cache instead of parsing and checking again.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .record_table import RecordTable, read_table, records_to_table, write_table
+
+try:  # a third of the json module's time and memory on a COCO-size file; the standard library does the same job
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None
+
 __all__ = [
     "Categories", "DetectionData", "DetectionRecord", "InvalidDatasetError", "Problem",
-    "load_coco", "load_detection_data", "load_hf_dataset", "load_imagefolder", "open_image",
+    "load_coco", "load_detection_data", "load_hf_dataset", "load_imagefolder", "open_image", "read_json",
+    "records_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
+CheckImages = Literal["header", "decode", "none"]
 # Boxes may overshoot the image by rounding; within this many pixels they are clipped, beyond it reported.
 BOX_TOLERANCE = 1.0
 EXIF_ORIENTATION = 0x0112
@@ -87,6 +105,15 @@ class Categories:
         """COCO ``categories`` in label space (id = contiguous label), as the metric uses them."""
         return [{"id": i, "name": name} for i, name in enumerate(self.names)]
 
+    def to_original_coco(self) -> list[dict]:
+        """COCO ``categories`` with the data's own ids (to write results or files the source's tools read)."""
+        return [{"id": i, "name": name} for i, name in zip(self.original_ids, self.names)]
+
+    @property
+    def original_id2label(self) -> dict[int, int]:
+        """The data's own category id -> contiguous label."""
+        return {original: label for label, original in enumerate(self.original_ids)}
+
 
 @dataclass
 class DetectionRecord:
@@ -134,11 +161,16 @@ class InvalidDatasetError(ValueError):
 class DetectionData:
     """Validated records of one split, their categories, and the problems that made records be skipped."""
 
-    records: list[DetectionRecord]
+    records: Sequence[DetectionRecord]  # a RecordTable (Arrow-backed, shared between processes) or a list
     categories: Categories
     problems: list[Problem] = field(default_factory=list)
     source: str = ""
     num_skipped: int = 0  # images of the source left out because of the problems
+    layout: str = ""  # "coco", "yolo", "voc", "imagefolder", "datasets"
+    cache_file: Path | None = None  # the Arrow cache the records are mapped from, if any
+
+    def __iter__(self):
+        return iter(self.records)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -160,6 +192,8 @@ class DetectionData:
 def _open(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
+    if isinstance(image, DatasetRow):
+        image = image.load()
     if isinstance(image, dict):  # datasets' undecoded Image: bytes, or a path when the bytes are not stored
         return Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") is not None else Image.open(image["path"])
     return Image.open(image)
@@ -181,17 +215,26 @@ def open_image(image: Any) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _image_size(image: Any, decode: bool) -> tuple[int, int] | str:
-    """(width, height) of an image reference, or the reason it cannot be read. ``decode`` reads all pixels, so
-    that a truncated file fails now, with its record, rather than inside a data-loader worker later."""
-    if isinstance(image, (str, Path)) and not Path(image).is_file():
+def check_mode(check_images: bool | str) -> CheckImages:
+    """``True`` (decode every image, as before) / ``False`` (trust the declared sizes) or a mode by name."""
+    mode = {True: "decode", False: "none"}.get(check_images, check_images) if isinstance(check_images, bool) \
+        else check_images
+    if mode not in ("header", "decode", "none"):
+        raise ValueError(f"check_images must be 'header', 'decode' or 'none', got {check_images!r}")
+    return mode
+
+
+def image_size(image: Any, check: CheckImages = "header") -> tuple[int, int] | str:
+    """(width, height) of an image as viewers show it, or the reason it cannot be read. ``"header"`` reads only
+    the header (fast); ``"decode"`` reads all pixels, so that a truncated file fails now, with its record."""
+    if isinstance(image, (str, Path)) and not os.path.isfile(image):
         return f"image file not found: {image}"
     try:
         if isinstance(image, Image.Image):
             width, height, orientation = *image.size, _orientation(image)
         else:
             with _open(image) as img:
-                if decode:
+                if check == "decode":
                     img.load()
                 width, height, orientation = *img.size, _orientation(img)
         return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
@@ -218,18 +261,31 @@ def _check_box(bbox: Any, width: int, height: int) -> list[float] | str:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def _check_record(image_id, image, width, height, objects: list[dict], category_of: dict, check_images: bool,
+def _annotation(obj: dict, k: int, image_id: int, box: list[float], label: int) -> dict:
+    ann = {"id": obj.get("id", k), "image_id": image_id, "bbox": box, "category_id": label,
+           "area": float(obj["area"]) if obj.get("area") is not None else box[2] * box[3],
+           "iscrowd": int(obj.get("iscrowd") or 0)}
+    if obj.get("segmentation") is not None:
+        ann["segmentation"] = encode_json(obj["segmentation"])  # bytes from here on: the Arrow table stores them
+    return ann
+
+
+def _check_record(image_id, image, width, height, objects: list[dict], category_of: dict, check: CheckImages,
                   category_key: str):
     """Validate one raw record. ``objects`` carry ``bbox`` [x, y, w, h] and under ``category_key`` a class name or
     original id, looked up in ``category_of``. Returns (DetectionRecord or None, list of problem messages)."""
     problems = []
-    size = _image_size(image, decode=check_images)
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        return None, [f"image id {image_id!r} is not an integer"]
+    size = image_size(image, check) if check != "none" else None
     if isinstance(size, str):
         problems.append(size)
-    else:
+    elif size is not None:
         if width is not None and height is not None and (int(width), int(height)) != size:
             problems.append(f"declared size {width}x{height} differs from the image's {size[0]}x{size[1]}")
         width, height = size
+    elif width is None or height is None:
+        problems.append("no width/height given and images are not checked (check_images='none')")
     annotations = []
     for k, obj in enumerate(objects):
         name = f"annotation {obj.get('id', k)}"
@@ -241,89 +297,249 @@ def _check_record(image_id, image, width, height, objects: list[dict], category_
         label = category_of.get(category) if isinstance(category, (str, int)) else None
         if label is None:
             problems.append(f"{name}: unknown category {category!r}")
-        box = _check_box(obj["bbox"], width, height) if width is not None else None
+        box = _check_box(obj["bbox"], width, height) if width is not None and height is not None else None
         if isinstance(box, str):
             problems.append(f"{name}: {box}")
         if label is None or not isinstance(box, list):
             continue
-        ann = {"id": obj.get("id", k), "image_id": image_id, "bbox": box, "category_id": label,
-               "area": float(obj["area"]) if obj.get("area") is not None else box[2] * box[3],
-               "iscrowd": int(obj.get("iscrowd") or 0)}
-        if obj.get("segmentation") is not None:
-            ann["segmentation"] = obj["segmentation"]
-        annotations.append(ann)
+        annotations.append(_annotation(obj, k, image_id, box, label))
     if problems:
         return None, problems
     return DetectionRecord(image_id, image, int(width), int(height), annotations), []
 
 
-def _validate(raw: Iterable[tuple], categories: Categories, category_of: dict, on_error: OnError, source: str,
-              check_images: bool, num_entries: int, early: list[Problem] = (),
-              category_key: str = "category") -> DetectionData:
-    """Check every raw record (image_id, image, width, height, objects), then raise or skip with a log.
-    ``early`` holds problems the loader found while reading its ``num_entries`` image entries."""
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+@dataclass
+class CheckedRecords:
+    """What validation found, before ``on_error`` decides: the good records and every problem."""
+
+    records: Sequence[DetectionRecord]
+    categories: Categories
+    problems: list[Problem]
+    num_entries: int
+    source: str
+    layout: str = ""
+
+
+def check_records(raw: Iterable[tuple], categories: Categories, category_of: dict, source: str,
+                  check: CheckImages, num_entries: int, early: Iterable[Problem] = (), category_key: str = "category",
+                  layout: str = "") -> CheckedRecords:
+    """Check every raw record (image_id, image, width, height, objects). ``early`` holds problems the loader
+    found while reading its ``num_entries`` image entries."""
     records, problems, seen = [], list(early), set()
     for image_id, image, width, height, objects in raw:
         if image_id in seen:
             problems.append(Problem(image_id, "duplicate image id"))
             continue
         seen.add(image_id)
-        record, messages = _check_record(image_id, image, width, height, objects, category_of, check_images,
-                                         category_key)
+        record, messages = _check_record(image_id, image, width, height, objects, category_of, check, category_key)
         problems.extend(Problem(image_id, m) for m in messages)
         if record is not None:
             records.append(record)
+    return CheckedRecords(records, categories, problems, num_entries, source, layout)
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+
+
+def finish(checked: CheckedRecords, on_error: OnError, records: Sequence[DetectionRecord] | None = None,
+           cache_file: Path | None = None) -> DetectionData:
+    """Raise with every problem (``on_error="raise"``) or log them and keep the good records."""
+    problems, num_entries = checked.problems, checked.num_entries
     if problems and on_error == "raise":
-        raise InvalidDatasetError(source, problems, num_entries)
-    data = DetectionData(records, categories, problems, source, num_skipped=num_entries - len(records))
+        raise InvalidDatasetError(checked.source, problems, num_entries)
+    records = checked.records if records is None else records
+    data = DetectionData(records, checked.categories, problems, checked.source,
+                         num_skipped=num_entries - len(records), layout=checked.layout, cache_file=cache_file)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... {len(problems) - 20} more in DetectionData.problems" if len(problems) > 20 else ""
         logger.warning("%s: left out %d of %d images (%d problems):\n%s%s",
-                       source, data.num_skipped, num_entries, len(problems), lines, more)
+                       checked.source, data.num_skipped, num_entries, len(problems), lines, more)
     return data
+
+
+# --- the on-disk cache -------------------------------------------------------------------------------------------
+
+CACHE_VERSION = 1
+MAX_CACHE_FILES = 64  # the oldest are removed beyond this many: every temporary test folder makes a new key
+
+
+def records_cache_dir(cache_dir: str | Path | None | bool = None) -> Path | None:
+    """Where validated records are cached: ``cache_dir``, else ``$DETRKIT_CACHE/records``, else
+    ``~/.cache/detrkit/records``; ``False`` turns the cache off."""
+    if cache_dir is False:
+        return None
+    if cache_dir is not None and cache_dir is not True:
+        return Path(cache_dir)
+    root = os.environ.get("DETRKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "detrkit"
+    return Path(root) / "records"
+
+
+def _file_key(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def cache_path(directory: Path, kind: str, files: Iterable[Path], options: dict) -> Path:
+    """The cache file for ``files`` as they are now: any change of path, size or mtime makes a new key."""
+    key = json.dumps({"version": CACHE_VERSION, "kind": kind, "files": [_file_key(f) for f in files],
+                      "options": options}, sort_keys=True, default=str)
+    return directory / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.arrow"
+
+
+def listing_digest(paths: Iterable[str]) -> str:
+    """One digest over many files' names, sizes and mtimes (label files of YOLO or VOC): an edited, added or
+    removed file makes a new cache key."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _evict(directory: Path) -> None:
+    files = sorted(directory.glob("*.arrow"), key=lambda f: f.stat().st_mtime)
+    for old in files[:-MAX_CACHE_FILES]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+def _from_cache(path: Path) -> tuple[RecordTable, CheckedRecords] | None:
+    try:
+        table, meta = read_table(path)
+    except Exception as err:  # a torn or foreign file: rebuild it
+        logger.warning("ignoring the unreadable records cache %s (%s)", path, err)
+        return None
+    categories = Categories(tuple(meta["names"]), tuple(meta["original_ids"]))
+    problems = [Problem(image_id, message) for image_id, message in meta["problems"]]
+    records = RecordTable(table, path)
+    return records, CheckedRecords(records, categories, problems, meta["num_entries"], meta["source"],
+                                   meta["layout"])
+
+
+def load_cached(kind: str, files: Sequence[Path], options: dict, build: Callable[[], CheckedRecords],
+                on_error: OnError, cache_dir=None) -> DetectionData:
+    """Validated records of ``files`` from the cache, or built by ``build`` and cached (memory-mapped)."""
+    _check_on_error(on_error)
+    directory = records_cache_dir(cache_dir)
+    path = cache_path(directory, kind, files, options) if directory is not None else None
+    cached = _from_cache(path) if path is not None and path.is_file() else None
+    if cached is not None:
+        os.utime(path)  # recently used: kept by the eviction
+        return finish(cached[1], on_error, cached[0], path)
+    checked = build()
+    table = records_to_table(checked.records)
+    records = RecordTable(table)
+    if path is not None:
+        meta = {"names": list(checked.categories.names), "original_ids": list(checked.categories.original_ids),
+                "problems": [[p.image_id, p.message] for p in checked.problems], "num_entries": checked.num_entries,
+                "source": checked.source, "layout": checked.layout}
+        try:
+            write_table(table, path, meta)
+            _evict(directory)
+            records = RecordTable(read_table(path)[0], path)  # mapped: the built copy is freed
+        except OSError as err:
+            logger.warning("cannot write the records cache %s (%s); keeping the records in memory", path, err)
+            path = None
+    del table
+    checked.records = records
+    return finish(checked, on_error, records, path)
 
 
 # --- loaders -----------------------------------------------------------------------------------------------------
 
-def load_coco(annotation_file: str | Path, image_dir: str | Path | None = None, on_error: OnError = "raise",
-              check_images: bool = True) -> DetectionData:
-    """Load a COCO instances file; ``image_dir`` defaults to the folder of the json file.
+def encode_json(obj: Any) -> bytes:
+    return orjson.dumps(obj) if orjson is not None else json.dumps(obj).encode()
 
-    Category ids may be sparse; labels are assigned in the order of the ids (see :class:`Categories`).
-    """
-    annotation_file = Path(annotation_file)
-    image_dir = Path(image_dir) if image_dir is not None else annotation_file.parent
-    source = str(annotation_file)
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a file that is not valid JSON raises ``InvalidDatasetError`` naming it."""
     try:
-        coco = json.loads(annotation_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InvalidDatasetError(source, [Problem("-", f"cannot read the annotation file ({err})")], 0) from err
+        raw = path.read_bytes()
+        if orjson is not None:
+            try:
+                return orjson.loads(raw)
+            except ValueError:
+                pass  # e.g. NaN, which Python's json writes and reads: the box check then names it
+        return json.loads(raw)
+    except (OSError, ValueError) as err:  # orjson.JSONDecodeError and json's are ValueErrors
+        raise InvalidDatasetError(str(path), [Problem("-", f"cannot read the annotation file ({err})")], 0) from err
+
+
+def _coco_categories(coco: dict, source: str) -> Categories:
+    bad = [c for c in coco["categories"] if not isinstance(c, dict) or not isinstance(c.get("id"), int)
+           or c.get("name") is None]
+    if bad:
+        raise InvalidDatasetError(source, [Problem("-", f"category entry {bad[0]!r} needs an integer 'id' and a "
+                                                        f"'name'")], 0)
+    ids = [c["id"] for c in coco["categories"]]
+    if len(set(ids)) != len(ids):
+        raise InvalidDatasetError(source, [Problem("-", f"duplicate category ids {sorted({i for i in ids if ids.count(i) > 1})}")], 0)
+    try:
+        return Categories.from_coco(coco["categories"])
+    except ValueError as err:
+        raise InvalidDatasetError(source, [Problem("-", str(err))], 0) from None
+
+
+def _check_coco(annotation_file: Path, image_dir: Path, check: CheckImages) -> CheckedRecords:
+    source = str(annotation_file)
+    coco = read_json(annotation_file)
+    if not isinstance(coco, dict):
+        raise InvalidDatasetError(source, [Problem("-", "the file is not a COCO json object")], 0)
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise InvalidDatasetError(source, [Problem("-", f"the file has no '{key}' list")], 0)
-    categories = Categories.from_coco(coco["categories"])
-    category_of = {coco_id: label for label, coco_id in enumerate(categories.original_ids)}
+    categories = _coco_categories(coco, source)
+    category_of = categories.original_id2label
 
     early, by_image = [], {}
-    image_ids = {img.get("id") for img in coco["images"]}
-    for ann in coco["annotations"]:
-        if ann.get("image_id") not in image_ids:
-            early.append(Problem(ann.get("image_id"), f"annotation {ann.get('id')} refers to an image id missing "
-                                                      f"from 'images'"))
+    images = coco.pop("images")
+    image_ids = {img.get("id") for img in images if isinstance(img, dict)}
+    for ann in coco.pop("annotations"):
+        if not isinstance(ann, dict) or ann.get("image_id") not in image_ids:
+            image_id = ann.get("image_id") if isinstance(ann, dict) else "-"
+            what = f"annotation {ann.get('id')}" if isinstance(ann, dict) else f"annotation entry {ann!r}"
+            early.append(Problem(image_id, f"{what} refers to an image id missing from 'images'"))
             continue
         by_image.setdefault(ann["image_id"], []).append(ann)
-    raw = []
-    for index, img in enumerate(coco["images"]):
-        if img.get("id") is None or not img.get("file_name"):
-            early.append(Problem(img.get("id", f"#{index}"), "image entry lacks 'id' or 'file_name'"))
-            continue
-        raw.append((img["id"], image_dir / img["file_name"], img.get("width"), img.get("height"),
-                    by_image.get(img["id"], [])))
-    return _validate(raw, categories, category_of, on_error, source, check_images, len(coco["images"]), early,
-                     "category_id")
+    folder = str(image_dir)
+
+    def raw():
+        for index, img in enumerate(images):
+            if not isinstance(img, dict) or img.get("id") is None or not img.get("file_name"):
+                image_id = img.get("id", f"#{index}") if isinstance(img, dict) else f"#{index}"
+                early.append(Problem(image_id, "image entry lacks 'id' or 'file_name'"))
+                continue
+            # popped as checked, so the parsed annotations are freed as the records are built
+            yield (img["id"], os.path.join(folder, img["file_name"]), img.get("width"), img.get("height"),
+                   by_image.pop(img["id"], []) if isinstance(img["id"], (int, str)) else [])
+
+    checked = check_records(raw(), categories, category_of, source, check, len(images), (), "category_id", "coco")
+    checked.problems[:0] = early  # the entry problems first, as the file lists them
+    return checked
+
+
+def load_coco(annotation_file: str | Path, image_dir: str | Path | None = None, on_error: OnError = "raise",
+              check_images: bool | str = "header", cache_dir=None) -> DetectionData:
+    """Load a COCO instances file; ``image_dir`` defaults to the folder of the json file.
+
+    Category ids may be sparse; labels are assigned in the order of the ids (see :class:`Categories`).
+    ``cache_dir`` as in :func:`records_cache_dir`.
+    """
+    annotation_file = Path(annotation_file)
+    image_dir = Path(image_dir) if image_dir is not None else annotation_file.parent
+    check = check_mode(check_images)
+    if not annotation_file.is_file():
+        raise InvalidDatasetError(str(annotation_file), [Problem("-", "annotation file not found")], 0)
+    if not image_dir.is_dir():
+        raise InvalidDatasetError(str(annotation_file), [Problem("-", f"image folder not found: {image_dir}")], 0)
+    options = {"image_dir": str(image_dir.resolve()), "check": check}
+    return load_cached("coco", [annotation_file], options, lambda: _check_coco(annotation_file, image_dir, check),
+                       on_error, cache_dir)
 
 
 def _class_label_names(features) -> list[str] | None:
@@ -379,8 +595,8 @@ def _categories_from_values(values: list, class_names: list[str] | None):
     return Categories(tuple(str(i) for i in ids), tuple(ids)), {v: i for i, v in enumerate(ids)}
 
 
-def _load_objects_table(rows: Iterable[tuple], class_names: list[str] | None, bbox_format: str, on_error: OnError,
-                        source: str, check_images: bool, num_entries: int, early: list[Problem]) -> DetectionData:
+def _check_objects_table(rows: Iterable[tuple], class_names: list[str] | None, bbox_format: str, source: str,
+                         check: CheckImages, num_entries: int, early: list[Problem], layout: str) -> CheckedRecords:
     """Shared by the ``datasets`` and imagefolder loaders: rows of (image_id, image, width, height, objects)."""
     to_xywh = _box_converter(bbox_format)
     parsed = []
@@ -392,16 +608,40 @@ def _load_objects_table(rows: Iterable[tuple], class_names: list[str] | None, bb
         parsed.append((image_id, image, width, height, [{**o, "bbox": to_xywh(o.get("bbox"))} for o in objs]))
     values = [o.get("category") for row in parsed for o in row[4] if o.get("category") is not None]
     categories, lookup = _categories_from_values(values, class_names)
-    return _validate(parsed, categories, lookup, on_error, source, check_images, num_entries, early)
+    return check_records(parsed, categories, lookup, source, check, num_entries, early, layout=layout)
+
+
+class DatasetImages:
+    """The undecoded ``image`` column of a ``datasets.Dataset``, read one row at a time (never all at once)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, row: int):
+        return self.dataset[int(row)]["image"]
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """An image in row ``row`` of a ``datasets`` image column, while records are checked."""
+
+    images: DatasetImages
+    row: int
+
+    def load(self):
+        return self.images[self.row]
 
 
 def load_hf_dataset(dataset, class_names: list[str] | None = None, bbox_format: str = "xywh",
-                    on_error: OnError = "raise", check_images: bool = True) -> DetectionData:
+                    on_error: OnError = "raise", check_images: bool | str = "header", cache_dir=None) -> DetectionData:
     """Load a ``datasets.Dataset`` in the cppe-5 layout (``image``, ``image_id``, ``width``, ``height``,
     ``objects: {id, area, bbox, category}``). Class names come from the ClassLabel of ``objects.category``,
-    else from ``class_names``, else from the category values themselves."""
+    else from ``class_names``, else from the category values themselves. The pixels stay in the dataset's own
+    (memory-mapped) table; the records point at their rows. ``cache_dir`` is unused: ``datasets`` caches."""
     import datasets
 
+    _check_on_error(on_error)
+    check = check_mode(check_images)
     missing = [c for c in ("image", "objects") if c not in dataset.column_names]
     if missing:
         raise InvalidDatasetError("datasets.Dataset", [Problem("-", f"missing column(s) {missing}; expected "
@@ -410,28 +650,23 @@ def load_hf_dataset(dataset, class_names: list[str] | None = None, bbox_format: 
     if isinstance(dataset.features["image"], datasets.Image):
         # Keep the encoded bytes, not decoded pixels: records stay small and a broken image is reported here.
         dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    meta = dataset.select_columns([c for c in ("image_id", "width", "height", "objects") if c in dataset.column_names])
+    images = DatasetImages(dataset.select_columns(["image"]))
 
     def rows():
-        for index, row in enumerate(dataset):
-            yield row.get("image_id", index), row["image"], row.get("width"), row.get("height"), row["objects"]
+        for index, row in enumerate(meta):
+            yield (row.get("image_id", index), DatasetRow(images, index), row.get("width"), row.get("height"),
+                   row["objects"])
 
-    return _load_objects_table(rows(), class_names, bbox_format, on_error, "datasets.Dataset", check_images,
-                               len(dataset), [])
+    checked = _check_objects_table(rows(), class_names, bbox_format, "datasets.Dataset", check, len(dataset), [],
+                                   "datasets")
+    table = records_to_table(checked.records, source_rows=[record.image.row for record in checked.records])
+    return finish(checked, on_error, RecordTable(table, images=images))
 
 
-def load_imagefolder(folder: str | Path, class_names: list[str] | None = None, bbox_format: str = "xywh",
-                     on_error: OnError = "raise", check_images: bool = True) -> DetectionData:
-    """Load an imagefolder with ``metadata.jsonl`` (the ``datasets`` imagefolder layout for detection):
-    one JSON object per line with ``file_name`` and ``objects: {bbox: [[x, y, w, h], ...], category: [...]}``
-    (``categories`` is accepted too), optionally ``image_id``, ``width`` and ``height``.
-
-    Read directly rather than through ``datasets.load_dataset("imagefolder")`` so that a missing or broken
-    file is reported with its record instead of failing the whole load."""
-    folder = Path(folder)
-    metadata = folder / "metadata.jsonl"
-    if not metadata.is_file():
-        raise InvalidDatasetError(str(folder), [Problem("-", "no metadata.jsonl in the folder")], 0)
+def _check_imagefolder(folder: Path, class_names, bbox_format: str, check: CheckImages) -> CheckedRecords:
     early, rows = [], []
+    metadata = folder / "metadata.jsonl"
     for line_no, line in enumerate(metadata.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -447,35 +682,33 @@ def load_imagefolder(folder: str | Path, class_names: list[str] | None = None, b
         if "objects" not in meta:
             early.append(Problem(image_id, "missing field 'objects'"))
             continue
-        rows.append((image_id, folder / meta["file_name"], meta.get("width"), meta.get("height"), meta["objects"]))
-    return _load_objects_table(rows, class_names, bbox_format, on_error, str(folder), check_images,
-                               len(rows) + len(early), early)
+        rows.append((image_id, str(folder / meta["file_name"]), meta.get("width"), meta.get("height"),
+                     meta["objects"]))
+    return _check_objects_table(rows, class_names, bbox_format, str(folder), check, len(rows) + len(early), early,
+                                "imagefolder")
+
+
+def load_imagefolder(folder: str | Path, class_names: list[str] | None = None, bbox_format: str = "xywh",
+                     on_error: OnError = "raise", check_images: bool | str = "header", cache_dir=None) -> DetectionData:
+    """Load an imagefolder with ``metadata.jsonl`` (the ``datasets`` imagefolder layout for detection):
+    one JSON object per line with ``file_name`` and ``objects: {bbox: [[x, y, w, h], ...], category: [...]}``
+    (``categories`` is accepted too), optionally ``image_id``, ``width`` and ``height``.
+
+    Read directly rather than through ``datasets.load_dataset("imagefolder")`` so that a missing or broken
+    file is reported with its record instead of failing the whole load."""
+    folder = Path(folder)
+    metadata = folder / "metadata.jsonl"
+    if not metadata.is_file():
+        raise InvalidDatasetError(str(folder), [Problem("-", "no metadata.jsonl in the folder")], 0)
+    check = check_mode(check_images)
+    _box_converter(bbox_format)
+    options = {"class_names": class_names, "bbox_format": bbox_format, "check": check}
+    return load_cached("imagefolder", [metadata], options,
+                       lambda: _check_imagefolder(folder, class_names, bbox_format, check), on_error, cache_dir)
 
 
 def load_detection_data(source, split: str = "train", on_error: OnError = "raise", **kwargs) -> DetectionData:
-    """Load one split from whatever ``source`` is: a ``datasets`` Dataset or DatasetDict, a COCO json file, a folder
-    with ``annotations/instances_<split>.json`` (images in ``<split>/``, the COCO layout), a folder with
-    ``metadata.jsonl`` (or ``<split>/metadata.jsonl``), or a folder (or its ``<split>/``) holding a single COCO
-    ``*.json`` next to its images (the Roboflow export layout). ``kwargs`` go to the loader."""
-    import datasets
+    """Load one split of any supported layout; see :func:`data_layouts.load_detection_data`."""
+    from .data_layouts import load_detection_data as load
 
-    if isinstance(source, datasets.DatasetDict):
-        return load_hf_dataset(source[split], on_error=on_error, **kwargs)
-    if isinstance(source, datasets.Dataset):
-        return load_hf_dataset(source, on_error=on_error, **kwargs)
-    path = Path(source)
-    if path.is_file() and path.suffix == ".json":
-        return load_coco(path, on_error=on_error, **kwargs)
-    coco_file = path / "annotations" / f"instances_{split}.json"
-    if coco_file.is_file():
-        return load_coco(coco_file, path / split, on_error=on_error, **kwargs)
-    for folder in (path / split, path):
-        if (folder / "metadata.jsonl").is_file():
-            return load_imagefolder(folder, on_error=on_error, **kwargs)
-    for folder in (path / split, path):
-        jsons = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        if len(jsons) == 1:
-            return load_coco(jsons[0], on_error=on_error, **kwargs)
-    raise FileNotFoundError(
-        f"cannot tell the layout of {str(source)!r} for split {split!r}: expected a COCO json file, "
-        f"annotations/instances_{split}.json, metadata.jsonl, a folder with one COCO json, or a datasets Dataset")
+    return load(source, split, on_error, **kwargs)

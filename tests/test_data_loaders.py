@@ -258,7 +258,10 @@ def test_dispatcher_finds_each_layout(shapes, tmp_path):
     shutil.copy(shapes.splits["val"][1], roboflow / "_annotations.coco.json")
     data = load_detection_data(tmp_path / "export", split="valid")
     assert len(data) == 3 and data.id2label == shapes.id2label
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="cannot tell the layout"):
+        load_detection_data(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_detection_data(tmp_path / "nothing-here")
 
 
