@@ -36,7 +36,11 @@ from .detection_data import (
     Categories, DetectionData, DetectionRecord, InvalidDatasetError, Problem, load_coco, load_detection_data,
     load_hf_dataset, load_imagefolder,
 )
-from .detection_dataset import DetectionDataset
+from .detection_dataset import DetectionDataset, SkippedImages
+from .data_layouts import SplitNotFoundError, discover_splits
+from .record_table import RecordTable
+from .voc import load_voc
+from .yolo import load_yolo
 from .synthetic_shapes import BUILTIN_DATASETS, BuiltinDataset, builtin_categories, write_builtin_dataset
 
 _METRIC_EXPORTS = ("CocoDetectionMetric", "CocoEvaluator", "coco_evaluate")
@@ -53,6 +57,7 @@ def __getattr__(name):
 __all__ += [
     "AugmentationConfig", "RandomSizeCrop", "augment", "detr_train_transforms", "DetectionCollator", "Categories",
     "DetectionData", "DetectionRecord", "InvalidDatasetError", "Problem", "load_coco", "load_detection_data",
-    "load_hf_dataset", "load_imagefolder", "DetectionDataset", "BUILTIN_DATASETS", "BuiltinDataset",
+    "load_hf_dataset", "load_imagefolder", "load_voc", "load_yolo", "discover_splits", "SplitNotFoundError",
+    "RecordTable", "DetectionDataset", "SkippedImages", "BUILTIN_DATASETS", "BuiltinDataset",
     "builtin_categories", "write_builtin_dataset", *_METRIC_EXPORTS,
 ]
