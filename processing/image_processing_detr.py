@@ -18,7 +18,8 @@ Annotation conventions, the same for every entry point:
 The processor follows transformers' torchvision-backed image processors (kwargs, save/load, Auto classes), but the
 batch is built in one pass: each image is resized as uint8 and written, rescaled and normalized in one fused
 multiply-add, straight into its slot of the padded output, instead of normalize -> pad -> stack copies.
-This file imports only installed packages, so it travels alone as Hub remote code.
+This file imports only installed packages and its own folder (segmentation_postprocessing.py), so it travels
+with that one file as Hub remote code.
 """
 
 import io
@@ -44,6 +45,10 @@ from transformers.image_utils import (
     pil_torch_interpolation_mapping,
 )
 from transformers.processing_utils import ImagesKwargs
+
+from .segmentation_postprocessing import (
+    post_process_instance_segmentation, post_process_panoptic_segmentation, post_process_semantic_segmentation,
+)
 
 EXIF_ORIENTATION = 0x0112
 
@@ -567,9 +572,50 @@ class DetrImageProcessor(TorchvisionBackend):
             for s, l, b in zip(scores, labels, boxes)
         ]
 
+    # Segmentation post-processing: transformers' signatures and outputs (see segmentation_postprocessing.py).
+    # DETR scores queries by softmax with a "no object" class; Deformable DETR's subclass by sigmoid.
+    sigmoid_scores = False
+
+    def post_process_panoptic_segmentation(
+        self, outputs, threshold: float = 0.5, mask_threshold: float = 0.5, overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: set[int] | None = None, target_sizes=None,
+    ) -> list[dict]:
+        """Segmentation outputs (`logits`, `pred_masks`) -> per image `{"segmentation", "segments_info"}`.
+
+        `segmentation` (H, W) int32 holds segment ids (0: no segment), at `target_sizes[i]` (height, width) or the
+        masks' size; `segments_info` lists `{"id", "label_id", "was_fused", "score"}` per kept query (queries of a
+        class in `label_ids_to_fuse`, e.g. stuff, share one id). An image without a query scoring above
+        `threshold` gets a float map of -1 and no segments, as in transformers.
+        """
+        return post_process_panoptic_segmentation(
+            outputs, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, target_sizes,
+            self.sigmoid_scores,
+        )
+
+    def post_process_instance_segmentation(
+        self, outputs, threshold: float = 0.5, mask_threshold: float = 0.5, overlap_mask_area_threshold: float = 0.8,
+        target_sizes=None, return_coco_annotation: bool | None = False,
+    ) -> list[dict]:
+        """Panoptic post-processing without fusing; `return_coco_annotation` gives the map as per-id run lengths."""
+        return post_process_instance_segmentation(
+            outputs, threshold, mask_threshold, overlap_mask_area_threshold, target_sizes, return_coco_annotation,
+            self.sigmoid_scores,
+        )
+
+    def post_process_semantic_segmentation(
+        self, outputs, target_sizes=None, return_segmentation_scores: bool = False,
+    ) -> list:
+        """Per image an (H, W) map of class ids (or, with `return_segmentation_scores`, an output holding it and
+        the (C, H, W) class scores): per pixel, the class maximizing sum_q P(class | q) * P(pixel in mask q)."""
+        return post_process_semantic_segmentation(
+            outputs, target_sizes, return_segmentation_scores, self.sigmoid_scores
+        )
+
 
 class DeformableDetrImageProcessor(DetrImageProcessor):
     """DETR's processor with Deformable DETR's post-processing: sigmoid scores, top-k over queries x classes."""
+
+    sigmoid_scores = True
 
     def post_process_object_detection(
         self, outputs, threshold: float = 0.5, target_sizes=None, top_k: int = 100
