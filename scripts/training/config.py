@@ -71,6 +71,7 @@ class TrainConfig:
     keep_checkpoints: int = 1  # step checkpoints kept besides `best`
     log_with: list | None = field(default_factory=lambda: ["tensorboard"])
     resume: str | None = None  # "latest", or a checkpoint folder
+    distill_from: str | None = None  # MTKD: an exact DETR teaching this (ACT) student (training/distillation.py)
     predictions_image: bool = True  # draw predictions on a few eval images at the end
     threshold: float = 0.5  # score threshold of the predictions drawing
 

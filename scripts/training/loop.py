@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, read_index, resolve_resume, save_checkpoint
 from .config import TrainConfig, resolve_recipe
 from .data import load_data
+from .distillation import build_distiller
 from .evaluation import evaluate, format_table
 from .history import append_record, plot_history, read_history, truncate_history
 from .model_card import write_model_card
@@ -77,6 +78,7 @@ def train(config: TrainConfig) -> dict:
                                 config.weight_decay)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.schedule,
                                 config.lr_drop_epoch * steps_per_epoch, config.lr_gamma, config.warmup_steps)
+    distiller = build_distiller(config.distill_from, model, accelerator.device, accelerator.print)  # MTKD
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
 
@@ -126,7 +128,7 @@ def train(config: TrainConfig) -> dict:
                         total=batches_per_epoch, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         for batch in progress:
             with accelerator.accumulate(model):
-                outputs = model(**batch)
+                outputs = model(**batch) if distiller is None else distiller(model, batch)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and config.clip_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
