@@ -36,6 +36,9 @@ class AugmentationConfig:
     crop_size: tuple[int, int] = (384, 600)  # min and max side of the random crop
     flip_prob: float = 0.5
     crop_prob: float = 0.5  # share of samples through the crop branch (DETR's RandomSelect)
+    # photometric (not in DETR's recipe; what YOLO-style users expect): brightness, contrast and saturation each
+    # scaled by a factor drawn from [1 - color_jitter, 1 + color_jitter]; 0 leaves colours alone
+    color_jitter: float = 0.0
 
     def __post_init__(self):
         if not self.scales or not self.crop_resize_scales:
@@ -46,6 +49,8 @@ class AugmentationConfig:
             raise ValueError(f"crop_size must be (min, max) with 1 <= min <= max, got {self.crop_size}")
         if not (0 <= self.flip_prob <= 1 and 0 <= self.crop_prob <= 1):
             raise ValueError("flip_prob and crop_prob are probabilities in [0, 1]")
+        if not 0 <= self.color_jitter <= 1:
+            raise ValueError(f"color_jitter must be in [0, 1], got {self.color_jitter}")
 
     def scaled(self, factor: float) -> "AugmentationConfig":
         """The same recipe with every size multiplied by ``factor`` (duplicates from rounding removed)."""
@@ -99,7 +104,9 @@ def detr_train_transforms(config: AugmentationConfig = AugmentationConfig()) -> 
         RandomSizeCrop(*config.crop_size),
         multi_scale,
     ])
+    photometric = [v2.ColorJitter(*[config.color_jitter] * 3)] if config.color_jitter else []
     return v2.Compose([
+        *photometric,  # boxes pass through untouched
         v2.RandomHorizontalFlip(config.flip_prob),
         v2.RandomChoice([multi_scale, crop_branch], p=[1 - config.crop_prob, config.crop_prob]),
         v2.ClampBoundingBoxes(),

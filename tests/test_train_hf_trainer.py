@@ -1,20 +1,15 @@
 """A short transformers.Trainer run with detrkit's dataset, collator and COCO metric (the recipe in
 scripts/training/hf_trainer.py), whose mAP agrees with detrkit's own evaluation of the same model."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from training.config import TrainConfig  # noqa: E402
-from training.data import coco_metric, load_split, resolve_source  # noqa: E402
-from training.evaluation import predict  # noqa: E402
-from training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
-from detrkit.modeling import DetrForObjectDetection, config_from_preset  # noqa: E402
-from detrkit.processing import DetectionCollator, DetectionDataset, DetrImageProcessor  # noqa: E402
+from detrkit.modeling import DetrForObjectDetection, config_from_preset
+from detrkit.processing import DetectionCollator, DetectionDataset, DetrImageProcessor
+from detrkit.training.config import TrainConfig
+from detrkit.training.data import coco_metric, load_split, resolve_source
+from detrkit.training.evaluation import predict
+from detrkit.training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric
+from detrkit.training.optim import build_optimizer
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,15 @@
 loading checks, reproducible sampling, history files."""
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from training.config import TrainConfig, apply_overrides, parse_config, resolve_recipe  # noqa: E402
-from training.history import append_record, read_history, truncate_history  # noqa: E402
-from training.models import apply_backbone_policy, check_loading, resolve_policy  # noqa: E402
-from training.optim import build_scheduler, lr_factor, parameter_groups  # noqa: E402
-from training.sampling import EpochShuffleSampler, SeededAugmentation  # noqa: E402
+from detrkit.training.config import TrainConfig, apply_overrides, parse_config, resolve_recipe
+from detrkit.training.history import append_record, read_history, truncate_history
+from detrkit.training.models import apply_backbone_policy, check_loading, resolve_policy
+from detrkit.training.optim import build_scheduler, lr_factor, parameter_groups
+from detrkit.training.sampling import EpochShuffleSampler, SeededAugmentation
 
 
 def test_no_arguments_is_the_demo_fine_tuning():
@@ -26,7 +22,8 @@ def test_no_arguments_is_the_demo_fine_tuning():
 
 def test_file_then_flags_then_set_overrides(tmp_path):
     file = tmp_path / "c.json"
-    file.write_text(json.dumps({"batch_size": 4, "lr": 1e-3, "model_overrides": {"d_model": 64}}))
+    file.write_text(json.dumps({"model": "detr-resnet-50", "data": "shapes-b", "batch_size": 4, "lr": 1e-3,
+                                "model_overrides": {"d_model": 64}}))
     config = parse_config(["--config", str(file), "--batch-size", "16", "--set", "lr=2e-4",
                            "--set", "model_overrides.num_queries=50", "--scales", "[96, 128]"])
     assert config.batch_size == 16 and config.lr == 2e-4 and config.scales == [96, 128]
@@ -45,7 +42,7 @@ def test_recipe_defaults_per_model():
     config = TrainConfig(epochs=12)
     assert resolve_recipe(config, "detr").lr == 1e-4
     deformable = resolve_recipe(config, "deformable")
-    assert deformable.lr == 2e-4 and deformable.lr_drop_epoch == 8 and deformable.eval_batch_size == config.batch_size
+    assert deformable.lr == 2e-4 and deformable.lr_drop_epoch == 10 and deformable.eval_batch_size == config.batch_size
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +95,9 @@ def test_schedules():
 def test_loading_check_allows_only_the_class_head():
     head_only = {"mismatched_keys": [("class_embed.0.weight", (12, 8), (5, 8))], "missing_keys": []}
     check_loading(head_only, "ckpt", allow_head=True)
-    with pytest.raises(RuntimeError, match="besides the class head"):
+    with pytest.raises(ValueError, match="besides the class head"):
         check_loading(head_only, "ckpt", allow_head=False)
-    with pytest.raises(RuntimeError, match="input_proj"):
+    with pytest.raises(ValueError, match="input_proj"):
         check_loading({"mismatched_keys": [], "missing_keys": ["model.input_proj.0.0.weight"]}, "ckpt", True)
 
 
@@ -142,8 +139,12 @@ def test_history_survives_a_resume(tmp_path):
 
 def test_numbers_without_a_dot_are_numbers(tmp_path):
     file = tmp_path / "c.yaml"
-    file.write_text("lr: 2e-4\nweight_decay: 1e-4\nepochs: 3\n")  # YAML 1.1 would keep 2e-4 a string
+    file.write_text("model: detr-resnet-50\ndata: shapes-b\nlr: 2e-4\nweight_decay: 1e-4\nepochs: 3\n")  # YAML 1.1 would keep 2e-4 a string
     config = parse_config(["--config", str(file), "--set", "clip_grad_norm=1e-1"])
     assert (config.lr, config.weight_decay, config.clip_grad_norm, config.epochs) == (2e-4, 1e-4, 0.1, 3)
     with pytest.raises(ValueError, match="'batch_size': expected a number"):
         parse_config(["--batch-size", "eight"])
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        parse_config(["--model", "detr-resnet-50", "--data", "shapes-b", "--epochs", "-3"])
+    with pytest.raises(ValueError, match="--data was given without --model"):
+        parse_config(["--data", "shapes-b"])

@@ -38,6 +38,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def usual_permissions(folder: str | Path) -> None:
+    """Give files the mode the process's umask gives new files: the safetensors writer goes through a private
+    temporary file (mode 0600) and renames it, so weights would be unreadable to the user's group and tools."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o666 & ~mask)
+
+
 def read_index(root: str | Path) -> dict:
     path = Path(root) / INDEX
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"latest": None, "best": None, "steps": []}
@@ -52,10 +62,18 @@ def save_checkpoint(accelerator, root: str | Path, name: str, trainer_state: dic
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # each process writes its own RNG file into the shared folder
+    try:
+        accelerator.save_state(str(tmp))  # each process writes its own RNG file into the shared folder
+    except Exception as error:  # disk full, permissions...: the index still names the last complete checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = read_index(root).get("latest")
+        raise OSError(f"writing checkpoint {name} failed ({error}); "
+                      + (f"the last complete one, {root / latest}, is intact (--resume latest)" if latest
+                         else "no earlier checkpoint exists")) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+        usual_permissions(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         index = read_index(root)
@@ -83,7 +101,8 @@ def resolve_resume(resume: str | None, root: str | Path) -> Path | None:
         return Path(root) / latest if latest else None
     path = Path(resume)
     if not (path / TRAINER_STATE).exists():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {TRAINER_STATE} inside)")
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {TRAINER_STATE} inside); use "
+                                "--resume latest or a folder under <output_dir>/checkpoints/")
     return path
 
 

@@ -1,79 +1,128 @@
 """Training configuration: one flat dataclass, filled from defaults < config file < command line.
 
-Every field is also a command-line flag (`batch_size` -> `--batch-size 8`) and can be set with
-`--set batch_size=8`; dict fields take dotted keys (`--set model_overrides.d_model=128`). Values are
+Every field is also a command-line flag (`batch_size` -> `--batch-size 8`, booleans also bare: `--ema`) and can
+be set with `--set batch_size=8`; dict fields take dotted keys (`--set model_overrides.d_model=128`). Values are
 parsed as YAML, so `--set lr=2e-4`, `--set mixed_precision=bf16` and `--set scales=[128,160]` all work.
-`None` fields mean "the paper's recipe for this model" and are resolved in `resolve_recipe`.
+
+Which file: with neither `--model` nor `--data` (nor `--config`) the run is the demo, read from
+scripts/configs/finetune_shapes_b.yaml in the repository. Any other run starts from the defaults below, where
+`None` means "chosen for this run": the model's paper recipe at its checkpoint's own image size (`resolve_for_model`),
+epochs / decay epoch / evaluation frequency from the data size (`resolve_for_data`), launcher settings for
+mixed precision and gradient accumulation, and an output folder of its own.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
+import os
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "scripts" / "configs" / "finetune_shapes_b.yaml"
+from .errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (editable install); site-packages when installed
+DEMO_CONFIG = Path("scripts") / "configs" / "finetune_shapes_b.yaml"
+DEFAULT_CONFIG = REPO_ROOT / DEMO_CONFIG  # kept for callers that read the demo file directly
+LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
+                "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
+ALIASES = {"log_with": "report_to"}  # earlier names still read from config files and flags
+
+
+def option(default: Any = None, help: str = "", factory=None):
+    """A field with its --help text; `default` None means "chosen for the run" (the help says how)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # what to train and on what
-    model: str = "checkpoints/deformable-detr-shapes-a"  # preset name, local folder or Hub id
-    # used, with a warning, while `model` is a missing checkpoints/ folder: a preset, or a config file whose
-    # model / model_overrides define the architecture (trained from scratch)
-    fallback_model: str | None = "scripts/configs/pretrain_shapes_a.yaml"
-    model_overrides: dict = field(default_factory=dict)  # config kwargs (presets) or from_pretrained kwargs
-    data: str = "shapes-b"  # built-in name, COCO folder, datasets path / Hub id, or imagefolder
-    data_cache: str = "~/.cache/detrkit/data"  # where built-in sets are generated
-    builtin_num_train: int | None = None  # built-in set sizes (None: the generator's defaults, 512 / 128)
-    builtin_num_val: int | None = None
-    train_split: str = "train"
-    eval_split: str = "val"
-    invalid_records: str = "skip"  # "skip" (reported) or "raise"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    output_dir: str = "outputs/demo"
-    # images and augmentation (the DETR recipe, sizes scaled to the data)
-    image_size: int = 128  # shortest edge at evaluation
-    max_size: int | None = None  # longest edge cap; None -> 1333 / 800 * image_size
-    scales: list | None = None  # training shortest edges; None -> image_size only
-    horizontal_flip: bool = True
-    random_crop: bool = False  # DETR's random-size-crop branch
-    augment: bool = True
-    # optimisation (None -> the model's paper recipe, see `resolve_recipe`)
-    epochs: int = 12
-    max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
-    max_train_minutes: float | None = None  # stop training (then evaluate and export) after this long
-    batch_size: int = 8  # per process
-    eval_batch_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    lr: float | None = None  # DETR 1e-4, Deformable DETR 2e-4
-    lr_backbone_mult: float = 0.1
-    lr_linear_proj_mult: float = 0.1  # Deformable: sampling_offsets and reference_points
-    weight_decay: float = 1e-4
-    clip_grad_norm: float = 0.1
-    schedule: str = "step"  # "step" or "cosine"
-    lr_drop_epoch: int | None = None  # step decay epoch; None -> 2/3 of `epochs`
-    lr_gamma: float = 0.1
-    warmup_steps: int = 0
-    backbone_policy: str = "auto"  # "auto", "pretrained" (frozen BN + stem) or "scratch" (all trainable)
+    model: str | None = option(None, "starting point: a preset (deformable-detr, detr-resnet-50, ...: random "
+                                     "transformer), a save_pretrained folder or a Hub id (detrkit's, or "
+                                     "transformers' DETR / Deformable DETR checkpoints); needed with --data")
+    fallback_model: str | None = option(None, "used, with a warning, while `model` is a missing checkpoints/ "
+                                              "folder: a preset, or a config file whose model / model_overrides "
+                                              "define the architecture (trained from scratch)")
+    model_overrides: dict = option(help="config kwargs of a preset, or from_pretrained kwargs of a checkpoint",
+                                   factory=dict)
+    trust_remote_code: bool = option(False, "allow a Hub model's own Python code to run (only for repositories "
+                                            "you trust)")
+    data: str | None = option(None, "training data: a folder (COCO, YOLO, VOC, imagefolder, datasets "
+                                    "save_to_disk), a Hub dataset id, or a built-in set (shapes-a, shapes-b)")
+    data_cache: str = option("~/.cache/detrkit/data", "where built-in sets are generated")
+    builtin_num_train: int | None = option(None, "built-in sets: training images (generator default 512)")
+    builtin_num_val: int | None = option(None, "built-in sets: validation images (generator default 128)")
+    train_split: str = option("train", "training split name")
+    eval_split: str = option("val", "evaluation split name")
+    invalid_records: str = option("skip", "a bad image or annotation: 'skip' (reported and counted) or 'raise'")
+    max_train_samples: int | None = option(None, "use only the first N training images (smoke runs)")
+    max_eval_samples: int | None = option(None, "use only the first N evaluation images")
+    output_dir: str | None = option(None, "run folder (default: outputs/<model>-<data>-<date-time>)")
+    overwrite_output_dir: bool = option(False, "start afresh in an output folder that holds an earlier run's "
+                                               "checkpoints (they are deleted)")
+    # images and augmentation (the DETR recipe, sizes scaled to the images)
+    image_size: int | None = option(None, "shortest edge at evaluation (default: the checkpoint processor's, "
+                                          "800 for presets, the generated size 128 for built-in sets)")
+    max_size: int | None = option(None, "longest-edge cap (default: the checkpoint processor's, else "
+                                        "1333/800 x image_size)")
+    scales: list | None = option(None, "training shortest edges (default: DETR's 480..800 scaled to image_size)")
+    horizontal_flip: bool = option(True, "random horizontal flips")
+    random_crop: bool = option(False, "DETR's random-size-crop branch")
+    color_jitter: float = option(0.0, "photometric augmentation: brightness, contrast and saturation each "
+                                      "scaled by a factor in [1-s, 1+s] (0 = off; 0.2-0.4 typical)")
+    transforms: str | None = option(None, "your own training transforms, run before DETR's: 'module:name' or "
+                                          "'file.py:name', a torchvision.transforms.v2 transform (or a "
+                                          "function returning one) over {'image', 'boxes', ...} samples")
+    augment: bool = option(True, "training augmentation at all (off: resize as at evaluation)")
+    # optimisation
+    epochs: int | None = option(None, "training epochs (default: from the data size; printed at start)")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (smoke runs)")
+    max_train_minutes: float | None = option(None, "stop training (then evaluate and export) after this long")
+    batch_size: int = option(4, "images per process and step (the papers: 4 per GPU)")
+    eval_batch_size: int | None = option(None, "evaluation batch size (default: batch_size)")
+    gradient_accumulation_steps: int | None = option(None, "batches per optimizer step (default: the launcher's, "
+                                                           "`accelerate launch --gradient_accumulation_steps`, else 1)")
+    lr: float | None = option(None, "learning rate (default: the paper's, DETR 1e-4, Deformable DETR 2e-4)")
+    lr_backbone_mult: float = option(0.1, "backbone learning rate multiple")
+    lr_linear_proj_mult: float = option(0.1, "Deformable DETR: sampling_offsets / reference_points lr multiple")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    clip_grad_norm: float = option(0.1, "gradient clipping (max norm; 0 = off)")
+    schedule: str = option("step", "'step' (x lr_gamma at lr_drop_epoch) or 'cosine'")
+    lr_drop_epoch: int | None = option(None, "step decay epoch (default: 4/5 of the epochs, as both papers)")
+    lr_gamma: float = option(0.1, "step decay factor")
+    warmup_steps: int = option(0, "linear warmup steps")
+    backbone_policy: str = option("auto", "'auto', 'pretrained' (frozen BatchNorm + stem) or 'scratch'")
+    ema: bool = option(False, "keep an exponential moving average of the weights; it is evaluated and exported")
+    ema_decay: float = option(0.9998, "EMA decay per optimizer step (warmed up over the first steps)")
+    patience: int | None = option(None, "stop after this many evaluations without a better AP (default: never)")
     # bookkeeping
-    seed: int = 42
-    mixed_precision: str = "no"  # "no", "bf16", "fp16"
-    num_workers: int = 0
-    eval_every: int = 1  # epochs; 0 disables in-training evaluation
-    checkpoint_every: int = 200  # optimizer steps; 0 only at epoch ends
-    keep_checkpoints: int = 1  # step checkpoints kept besides `best`
-    log_with: list | None = field(default_factory=lambda: ["tensorboard"])
-    resume: str | None = None  # "latest", or a checkpoint folder
-    distill_from: str | None = None  # MTKD: an exact DETR teaching this (ACT) student (training/distillation.py)
-    predictions_image: bool = True  # draw predictions on a few eval images at the end
-    threshold: float = 0.5  # score threshold of the predictions drawing
+    seed: int = option(42, "random seed (data order, augmentation, initialisation)")
+    mixed_precision: str | None = option(None, "'no', 'bf16' or 'fp16' (default: the launcher's, "
+                                               "`accelerate launch --mixed_precision`, else 'no')")
+    num_workers: int = option(2, "DataLoader worker processes per training process")
+    eval_every: int | None = option(None, "evaluate every N epochs, 0 = only at the end (default: about 10 "
+                                          "evaluations per run)")
+    checkpoint_every: int = option(200, "checkpoint every N optimizer steps (and at every epoch end; 0 = epochs only)")
+    keep_checkpoints: int = option(1, "step checkpoints kept besides the best one")
+    report_to: list | None = option(help="experiment trackers: tensorboard, wandb, mlflow, comet_ml, aim, "
+                                         "clearml, dvclive (accelerate's names), [] for none",
+                                    factory=lambda: ["tensorboard"])
+    resume: str | None = option(None, "'latest' (the newest checkpoint of the run folder) or a checkpoint folder")
+    distill_from: str | None = option(None, "MTKD: a trained exact DETR that teaches this (ACT) student through its "
+                                            "predictions and encoder features (training/distillation.py)")
+    predictions_image: bool = option(True, "draw predictions on a few evaluation images at the end")
+    threshold: float | None = option(None, "score threshold of that drawing (default: 0.5 for DETR's softmax "
+                                           "scores, 0.3 for Deformable DETR's sigmoid focal scores)")
+    push_to_hub: str | None = option(None, "at the end, upload model, processor and card to this Hub repository")
+    private: bool = option(False, "with --push-to-hub: create the repository as private")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -83,18 +132,42 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+CHOICES = {"invalid_records": ("skip", "raise"), "schedule": ("step", "cosine"),
+           "backbone_policy": ("auto", "pretrained", "scratch"), "mixed_precision": ("no", "bf16", "fp16")}
+AT_LEAST = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "gradient_accumulation_steps": 1,
+            "image_size": 1, "max_size": 1, "max_train_samples": 1, "max_eval_samples": 1, "builtin_num_train": 1,
+            "builtin_num_val": 1, "lr": 0, "lr_drop_epoch": 0, "num_workers": 0, "eval_every": 0,
+            "checkpoint_every": 0, "keep_checkpoints": 1, "warmup_steps": 0, "patience": 1, "weight_decay": 0,
+            "clip_grad_norm": 0, "color_jitter": 0, "max_train_minutes": 0, "lr_backbone_mult": 0,
+            "lr_linear_proj_mult": 0}
+
+
+def find_in_repository(path: str | Path) -> Path | None:
+    """`path` as given (relative to the current folder) if it exists, else relative to the checkout detrkit runs
+    from (an editable install), else None."""
+    path = Path(path).expanduser()
+    for candidate in (path, REPO_ROOT / path):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def repo_path(path: str | Path) -> Path:
     """`path` as given if it exists, else relative to the repository (so the defaults work from any folder)."""
-    path = Path(path).expanduser()
-    return path if path.exists() or path.is_absolute() or not (REPO_ROOT / path).exists() else REPO_ROOT / path
+    return find_in_repository(path) or Path(path).expanduser()
 
 
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML or JSON config file into a dict (JSON is valid YAML, so one parser reads both)."""
-    text = Path(path).read_text(encoding="utf-8")
-    values = yaml.safe_load(text) or {}
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"config file {path} is not valid YAML/JSON: {' '.join(str(error).split())}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path}: expected a mapping of keys to values, got {type(values).__name__}")
+        raise UsageError(f"config file {path}: expected a mapping of keys to values, got {type(values).__name__}")
     return values
 
 
@@ -103,65 +176,234 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     values = json.loads(json.dumps(values))  # deep copy of plain data
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
+            raise UsageError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw  # e.g. a Windows path or an unbalanced bracket: keep the text
         *parents, leaf = key.strip().split(".")
         target = values
         for parent in parents:
-            target = target.setdefault(parent, {})
+            target = target.setdefault(ALIASES.get(parent, parent), {})
             if not isinstance(target, dict):
-                raise ValueError(f"--set {item!r}: {parent!r} is not a mapping")
-        target[leaf] = value
+                raise UsageError(f"--set {item!r}: {parent!r} is not a mapping")
+        target[ALIASES.get(leaf, leaf) if not parents else leaf] = value
     return values
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:
-    """YAML 1.1 reads `2e-4` (no dot) as a string and `no` as False: give each its field's type back."""
-    if isinstance(value, bool) and annotation.startswith("str"):
-        return "yes" if value else "no"  # e.g. `--mixed-precision no`, accelerate's own spelling
-    if not isinstance(value, str) or not ("float" in annotation or "int" in annotation):
+    """Give each value its field's type back (YAML 1.1 reads `2e-4` as a string and `no` as False), or say
+    which key has a value of the wrong kind."""
+    if value is None:
+        return None
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise UsageError(f"{name}: expected true or false, got {value!r}")
         return value
+    if annotation.startswith("str"):
+        if isinstance(value, bool):
+            return "yes" if value else "no"  # e.g. `--mixed-precision no`, accelerate's own spelling
+        if isinstance(value, (int, float)):
+            return str(value)
+        if not isinstance(value, str):
+            raise UsageError(f"{name}: expected a string, got {value!r}")
+        return value
+    if annotation.startswith("list"):
+        return [value] if isinstance(value, (str, int, float)) else list(value)
+    if annotation.startswith("dict"):
+        if not isinstance(value, dict):
+            raise UsageError(f"{name}: expected a mapping, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"config key {name!r}: expected a number, got {value!r}")
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"config key {name!r}: expected a number, got {value!r}") from None
-    return int(number) if "float" not in annotation and number.is_integer() else number
+        raise UsageError(f"config key {name!r}: expected a number, got {value!r}") from None
+    if "float" in annotation:
+        return number
+    if not number.is_integer():
+        raise UsageError(f"{name}: expected a whole number, got {value!r}")
+    return int(number)
 
 
 def build_config(values: dict) -> TrainConfig:
+    values = {ALIASES.get(k, k): v for k, v in values.items()}
     unknown = sorted(set(values) - set(TrainConfig.field_names()))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; valid keys: {TrainConfig.field_names()}")
+        raise UsageError(f"unknown config key(s) {unknown}; valid keys: {TrainConfig.field_names()}")
     types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: _coerce(k, v, types[k]) for k, v in values.items()})
+    return validate(TrainConfig(**{k: _coerce(k, v, types[k]) for k, v in values.items()}))
 
 
-def argument_parser(description: str = "Train a DETR-family detector") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="YAML or JSON file with any of the keys below (the default is the demo fine-tuning)")
+def validate(config: TrainConfig) -> TrainConfig:
+    """Impossible values are refused here, before anything is loaded."""
+    for name, low in AT_LEAST.items():
+        value = getattr(config, name, None)
+        if value is not None and value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    for name, allowed in CHOICES.items():
+        value = getattr(config, name)
+        if value is not None and value not in allowed:
+            raise UsageError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    if config.threshold is not None and not 0 <= config.threshold <= 1:
+        raise UsageError(f"threshold must be in [0, 1], got {config.threshold}")
+    if not 0 < config.ema_decay < 1:
+        raise UsageError(f"ema_decay must be in (0, 1), got {config.ema_decay}")
+    if config.scales is not None and not all(isinstance(s, int) and s > 0 for s in config.scales):
+        raise UsageError(f"scales must be a list of positive whole numbers, got {config.scales}")
+    return config
+
+
+def argument_parser(description: str = "Train or fine-tune a DETR-family detector") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detrkit train", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Precedence: defaults < --config file < flags < --set. With neither --model nor --data the run is "
+               "the demo (scripts/configs/finetune_shapes_b.yaml). Add --debug to see a traceback on errors.")
+    parser.add_argument("--config", default=None,
+                        help="YAML or JSON file with any of the keys below (default: the demo file for the demo, "
+                             "none otherwise)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key (repeatable); dotted keys reach into dict fields")
-    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "chosen for the run" if default is None else repr(default)
+        is_bool = str(f.type).startswith("bool")
         # flags default to None so that only flags actually given override the config file
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="V",
-                            help=f"(default: {getattr(defaults, f.name)!r})")
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                            metavar="" if is_bool else f.name.upper().split("_")[-1],
+                            nargs="?" if is_bool else None, const="true" if is_bool else None,
+                            help=f"{f.metadata.get('help', '')} (default: {shown})".strip())
+    for old, new in ALIASES.items():
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=new, default=None, help=argparse.SUPPRESS)
     return parser
 
 
+def is_demo(args: argparse.Namespace) -> bool:
+    """No --config, --model or --data (as flags or --set): the demo."""
+    given = {item.split("=", 1)[0].strip() for item in args.overrides}
+    return args.config is None and args.model is None and args.data is None and not {"model", "data"} & given
+
+
+def demo_config_file() -> Path:
+    found = find_in_repository(DEMO_CONFIG)
+    if found is None:
+        raise UsageError(f"the demo (no --model / --data) needs detrkit's repository: {DEMO_CONFIG} is neither in "
+                         f"{Path.cwd()} nor in {REPO_ROOT}. Run from a clone of detrkit, or name what to train, "
+                         "e.g. `detrkit train --model deformable-detr --data path/to/coco`")
+    return found
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults < --config file < --flags < --set overrides."""
+    """Defaults < --config file (the demo's when nothing says what to train) < --flags < --set overrides."""
     args = argument_parser().parse_args(argv)
-    values = load_config_file(repo_path(args.config)) if args.config else {}
+    config_file = args.config if args.config is not None else (demo_config_file() if is_demo(args) else None)
+    values = load_config_file(find_in_repository(config_file) or config_file) if config_file else {}
     flags = [f"{name}={getattr(args, name)}" for name in TrainConfig.field_names() if getattr(args, name) is not None]
-    return build_config(apply_overrides(values, flags + args.overrides))
+    config = build_config(apply_overrides(values, flags + args.overrides))
+    if config.data is None or config.model is None:
+        missing, given = ("--model", "--data") if config.model is None else ("--data", "--model")
+        example = "a preset such as deformable-detr, a checkpoint folder or a Hub id" if missing == "--model" \
+            else "a COCO / YOLO / VOC folder, a datasets folder or a Hub dataset id"
+        raise UsageError(f"{given} was given without {missing}: name {example}")
+    return config
+
+
+def default_output_dir(config: TrainConfig, now: float | None = None) -> str:
+    """outputs/<model>-<data>-<YYYYmmdd-HHMMSS>, names reduced to their last path part."""
+    def short(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name).rstrip("/")).name) or "run"
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return str(Path("outputs") / f"{short(config.model)}-{short(config.data)}-{stamp}")
+
+
+def launcher_settings(config: TrainConfig, environ=os.environ) -> tuple[TrainConfig, list[str]]:
+    """Mixed precision and gradient accumulation: the config's if set, else the launcher's (accelerate launch
+    exports them as environment variables), else the defaults; and where each came from."""
+    notes, values = [], {}
+    for name, variable in LAUNCHER_ENV.items():
+        configured, launched = getattr(config, name), environ.get(variable)
+        if configured is not None:
+            values[name] = configured
+            source = "config" + (f", over the launcher's {launched}" if launched and str(launched) != str(configured)
+                                 else "")
+        elif launched:
+            values[name], source = launched if name == "mixed_precision" else int(launched), "launcher"
+        else:
+            values[name], source = ("no" if name == "mixed_precision" else 1), "default"
+        notes.append(f"{name} {values[name]} ({source})")
+    return validate(dataclasses.replace(config, **values)), notes
+
+
+def resolve_for_model(config: TrainConfig, kind: str, processor_size: dict | None,
+                      builtin_data: bool) -> tuple[TrainConfig, list[str]]:
+    """Image size from the checkpoint's processor (800/1333 for the Hub's COCO checkpoints, 800 for presets,
+    128 for the generated built-in sets) and the drawing threshold from the model's score type."""
+    notes, image_size, max_size = [], config.image_size, config.max_size
+    if image_size is None:
+        if builtin_data:
+            image_size, source = 128, "the built-in sets' generated size"
+        elif processor_size and processor_size.get("shortest_edge"):
+            image_size, source = int(processor_size["shortest_edge"]), "the checkpoint's processor"
+            max_size = max_size or processor_size.get("longest_edge")
+        else:
+            image_size, source = 800, "the papers' evaluation size"
+        notes.append(f"image_size {image_size} ({source})")
+    threshold = config.threshold
+    if threshold is None:
+        threshold = 0.3 if kind == "deformable" else 0.5
+        notes.append(f"threshold {threshold} ({'sigmoid focal' if kind == 'deformable' else 'softmax'} scores)")
+    return dataclasses.replace(config, image_size=image_size, max_size=max_size, threshold=threshold), notes
+
+
+def epochs_for(num_images: int, pretrained: bool, kind: str) -> int:
+    """Fine-tuning sees about 30,000 images (30 epochs of 1,000, Hugging Face's DETR fine-tuning guide), between
+    12 and 100 epochs; a random transformer gets the papers' schedule (50 / 500 epochs on COCO) at least."""
+    if pretrained:
+        return min(100, max(12, math.ceil(30_000 / max(1, num_images))))
+    return {"deformable": 50, "detr": 500}[kind]
+
+
+def resolve_for_data(config: TrainConfig, kind: str, num_images: int, pretrained: bool,
+                     ) -> tuple[TrainConfig, list[str]]:
+    """Fill the `None` schedule fields from the paper of `kind` ("detr" or "deformable") and the data size."""
+    notes = []
+    epochs = config.epochs
+    if epochs is None:
+        epochs = epochs_for(num_images, pretrained, kind)
+        notes.append(f"epochs {epochs} ({num_images} training images, "
+                     + ("fine-tuning: about 30,000 images seen, 12-100 epochs)" if pretrained
+                        else "random transformer: the paper's schedule)"))
+    lr = config.lr if config.lr is not None else {"detr": 1e-4, "deformable": 2e-4}[kind]
+    if config.lr is None:
+        notes.append(f"lr {lr:g} (the {'DETR' if kind == 'detr' else 'Deformable DETR'} paper)")
+    lr_drop = config.lr_drop_epoch
+    if lr_drop is None:
+        lr_drop = max(1, round(epochs * 4 / 5))
+        if config.schedule == "step":
+            notes.append(f"lr_drop_epoch {lr_drop} (4/5 of the epochs, as both papers)")
+    eval_every = config.eval_every
+    if eval_every is None:
+        eval_every = max(1, math.ceil(epochs / 10))
+        notes.append(f"eval_every {eval_every} (about 10 evaluations)")
+    config = dataclasses.replace(config, epochs=epochs, lr=lr, lr_drop_epoch=lr_drop, eval_every=eval_every,
+                                 eval_batch_size=config.eval_batch_size or config.batch_size)
+    if config.lr_drop_epoch > config.epochs and config.schedule == "step":
+        notes.append(f"note: lr_drop_epoch {config.lr_drop_epoch} > epochs {config.epochs}: no decay")
+    return config, notes
 
 
 def resolve_recipe(config: TrainConfig, model_kind: str) -> TrainConfig:
-    """Fill the `None` optimisation fields with the paper recipe of `model_kind` ("detr" or "deformable")."""
-    lr = config.lr if config.lr is not None else {"detr": 1e-4, "deformable": 2e-4}[model_kind]
-    lr_drop = config.lr_drop_epoch if config.lr_drop_epoch is not None else max(1, round(config.epochs * 2 / 3))
-    return dataclasses.replace(config, lr=lr, lr_drop_epoch=lr_drop,
-                               eval_batch_size=config.eval_batch_size or config.batch_size)
+    """The paper recipe of `model_kind` without data-size choices (epochs must be set)."""
+    if config.epochs is None:
+        raise UsageError("resolve_recipe needs epochs; use resolve_for_data to choose them from the data")
+    return resolve_for_data(config, model_kind, 0, True)[0]
+
+
+def format_config(config: TrainConfig, notes: list[str]) -> str:
+    """The effective configuration as YAML, then what was chosen for this run and why."""
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None, width=120).rstrip()
+    return "effective configuration:\n" + "\n".join(f"  {line}" for line in text.splitlines()) + \
+        ("\nchosen for this run: " + "; ".join(notes) if notes else "")

@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import Callable
 
-USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
+USER_ERRORS = (ValueError, OSError, KeyError, ModuleNotFoundError)  # a missing optional package too
 
 
 class UsageError(ValueError):

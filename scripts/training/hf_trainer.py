@@ -12,7 +12,7 @@ Three things differ from a text model, and each has a one-line answer:
 
     from transformers import Trainer, TrainingArguments
     from detrkit.processing import DetectionCollator, DetectionDataset
-    from training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric   # scripts/ on sys.path
+    from detrkit.training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric
 
     args = TrainingArguments("out", per_device_train_batch_size=8, learning_rate=1e-4, weight_decay=1e-4,
                              max_grad_norm=0.1, remove_unused_columns=False, eval_do_concat_batches=False,
@@ -25,7 +25,7 @@ Three things differ from a text model, and each has a one-line answer:
     trainer.train(ignore_keys_for_eval=EVAL_IGNORE_KEYS)
 
 Trainer's optimizer has one learning rate; for the papers' per-group rates (backbone x0.1, deformable sampling
-offsets x0.1) pass `optimizers=(build_optimizer(model, lr), None)` from training.optim.
+offsets x0.1) pass `optimizers=(build_optimizer(model, lr), None)` from detrkit.training.optim.
 """
 from __future__ import annotations
 

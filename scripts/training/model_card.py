@@ -3,7 +3,9 @@
 `save_pretrained` writes README.md from the repository's card template (model_cards/, filled from the model's
 config by detrkit.modeling.model_card). Its "Training and evaluation" section asks for the data, schedule and
 COCO metrics; this module writes exactly that section (replacing the placeholder one, or appending it), with
-every number taken from the run's own evaluation and history.
+every number taken from the run's own evaluation and history. The card's YAML header gets what the Hub indexes:
+library_name, pipeline_tag, base_model (a Hub starting point), datasets (a Hub data set) and a model-index with
+the COCO metrics (huggingface_hub's ModelCard / EvalResult write it).
 """
 from __future__ import annotations
 
@@ -59,5 +61,34 @@ def write_model_card(folder: str | Path, config, loaded, data, metrics: dict, hi
                       flags=re.S)
     else:
         card = card.rstrip() + "\n\n" + section
-    path.write_text(card, encoding="utf-8")
+    path.write_text(str(with_metadata(card, config, loaded, metrics, Path(folder).name)), encoding="utf-8")
     return path
+
+
+def is_hub_id(name) -> bool:
+    """`owner/name` or `name` that is no local path and no detrkit preset or built-in set."""
+    text = str(name or "")
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text)) and "/" in text and not Path(text).exists()
+
+
+def with_metadata(text: str, config, loaded, metrics: dict, model_name: str):
+    """The card with library_name, pipeline_tag, base_model, datasets and a model-index of the run's metrics."""
+    from huggingface_hub import EvalResult, ModelCard
+
+    card = ModelCard(text)
+    card.data.library_name = "transformers"
+    card.data.pipeline_tag = "object-detection"
+    base = getattr(loaded, "hub_id", None)
+    if base and is_hub_id(base):
+        card.data.base_model = base
+    if is_hub_id(config.data):
+        card.data.datasets = [str(config.data)]
+    data_name = Path(str(config.data).rstrip("/")).name
+    card.data.model_name = config.push_to_hub or model_name
+    card.data.eval_results = [
+        EvalResult(task_type="object-detection", task_name="Object Detection",
+                   dataset_type=str(config.data) if is_hub_id(config.data) else data_name, dataset_name=data_name,
+                   dataset_split=config.eval_split, metric_type=key, metric_name=label,
+                   metric_value=round(float(metrics[key]), 4))
+        for key, label in METRIC_ROWS if key in metrics and float(metrics[key]) >= 0]  # -1: no such ground truth
+    return card

@@ -79,9 +79,16 @@ class LoadedModel:
     processor: object
     backbone_note: str = ""
     build: Callable = field(default=None, repr=False)
+    pretrained: bool = True  # weights (at least the backbone's) learned, not random
+    processor_size: dict | None = None  # the checkpoint processor's own size, before `size_processor`
+    hub_id: str | None = None  # the Hub repository it came from, for the card's base_model
 
     def adapt_to_labels(self, id2label: dict, log=print) -> torch.nn.Module:
         return self.build({int(k): v for k, v in id2label.items()}, log)
+
+    def size_processor(self, config: TrainConfig) -> None:
+        """Size the processor for this run's images (config.image_size / max_size, resolved by then)."""
+        self.processor = make_processor(self.kind, config, self.processor)
 
 
 def resolve_policy(policy: str, pretrained: bool) -> str:
@@ -133,7 +140,10 @@ def fallback_spec(fallback: str) -> tuple[str, dict]:
 
 
 def make_processor(kind: str, config: TrainConfig, base=None):
-    """The checkpoint's processor (or a fresh one) sized for this run's images."""
+    """The checkpoint's processor (or a fresh one) sized for this run's images (unsized while image_size is
+    not chosen yet)."""
+    if config.image_size is None:
+        return base if base is not None else processor_class(kind)()
     max_size = config.max_size or round(config.image_size * 1333 / 800)
     size = {"shortest_edge": config.image_size, "longest_edge": max_size}
     if base is None:
@@ -155,23 +165,28 @@ def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
             f"random weights); backbone {loaded.backbone_note}")
         return model
 
-    loaded = LoadedModel(kind, f"preset {name} (random weights)", make_processor(kind, config), build=build)
+    pretrained_backbone = bool(getattr(probe, "use_pretrained_backbone", False))
+    source = f"preset {name} (" + ("ImageNet backbone, random transformer" if pretrained_backbone
+                                   else "random weights") + ")"
+    loaded = LoadedModel(kind, source, make_processor(kind, config), build=build, pretrained=pretrained_backbone)
     return loaded
 
 
 def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedModel:
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoImageProcessor
 
     _modeling()  # registers detrkit's Auto classes
-    checkpoint_config = AutoConfig.from_pretrained(spec, **({"trust_remote_code": True} if "/" in spec else {}))
+    remote = {"trust_remote_code": True} if config.trust_remote_code else {}
+    checkpoint_config = load_checkpoint_config(spec, remote)
     kind = kind_of(checkpoint_config.model_type)
     policy = resolve_policy(config.backbone_policy, pretrained=True)
     try:
-        processor = AutoImageProcessor.from_pretrained(spec)
+        processor = AutoImageProcessor.from_pretrained(spec, **remote)
         if not hasattr(processor, "post_process_object_detection"):
             raise TypeError
     except (OSError, ValueError, TypeError):
         processor = None
+    processor_size = dict(processor.size) if processor is not None and getattr(processor, "size", None) else None
     processor = make_processor(kind, config, processor)
 
     def build(id2label, log):
@@ -186,8 +201,26 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
         log(f"model: {spec}; {head}; backbone {loaded.backbone_note}")
         return model
 
-    loaded = LoadedModel(kind, spec, processor, build=build)
+    hub_id = None if Path(spec).exists() else spec
+    loaded = LoadedModel(kind, spec, processor, build=build, processor_size=processor_size, hub_id=hub_id)
     return loaded
+
+
+def load_checkpoint_config(spec: str, remote: dict):
+    """The checkpoint's config, or one line saying why it cannot be read (and how to allow remote code)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(spec, **remote)
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not remote:
+            raise ValueError(f"--model {spec} needs its own code from the Hub to load; if you trust that "
+                             "repository, add --trust-remote-code") from None
+        raise ValueError(f"--model {spec}: cannot read its config ({' '.join(str(error).split())[:300]})") from None
+    except OSError as error:
+        where = "folder" if Path(spec).exists() else "preset, folder or Hub id"
+        raise OSError(f"--model {spec}: not a usable {where} ({' '.join(str(error).split())[:300]}); presets: "
+                      f"{', '.join(preset_names())}") from None
 
 
 def check_loading(info: dict, spec: str, allow_head: bool) -> None:
@@ -196,7 +229,7 @@ def check_loading(info: dict, spec: str, allow_head: bool) -> None:
     missing = list(info.get("missing_keys", []))
     bad = [k for k in mismatched + missing if not (allow_head and any(h in k for h in HEAD_KEYS))]
     if bad:
-        raise RuntimeError(f"loading {spec} would re-initialise {len(bad)} weight(s) besides the class head, e.g. "
+        raise ValueError(f"loading {spec} would re-initialise {len(bad)} weight(s) besides the class head, e.g. "
                            f"{sorted(bad)[:8]}; the checkpoint does not match this architecture "
                            f"(check model_overrides)")
 

@@ -1,0 +1,238 @@
+"""`detrkit predict`: detect objects in images (files, folders, globs, URLs) or in a data set's split.
+
+    detrkit predict outputs/demo/model image1.png folder/ "shots/*.jpg" https://example.com/cat.jpg
+    detrkit predict outputs/demo/model --data path/to/coco --split val --save-coco-json results.json
+
+Writes predictions.json ({input: [{"label", "label_id", "score", "box": {xmin, ymin, xmax, ymax}}]}, boxes in the
+image's pixels) and one PNG per image with the boxes drawn, into --output-dir; inputs that share a file name get
+distinct output names. --save-coco-json writes COCO results (image_id, category_id, bbox [x, y, w, h], score)
+with the data's own image and category ids. The default threshold suits the model's scores: 0.5 for DETR's
+softmax, 0.3 for Deformable DETR's sigmoid focal scores.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError, run_command
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+URL_TIMEOUT_S = 30
+
+
+@dataclass
+class Source:
+    """One input image: what the user named it (`name`), how to read it (`read`), an id for COCO results."""
+
+    name: str
+    read: Any  # () -> PIL image
+    parts: tuple[str, ...]  # path parts used to make output names unique
+    image_id: int | None = None
+
+
+def is_url(item: str) -> bool:
+    return urllib.parse.urlparse(item).scheme in ("http", "https")
+
+
+def read_url(url: str):
+    from PIL import Image
+
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            return Image.open(io.BytesIO(response.read()))
+    except OSError as error:  # URLError, HTTPError and timeouts are OSErrors
+        raise OSError(f"{url}: cannot download the image ({error})") from None
+
+
+def read_file(path: Path):
+    from detrkit.processing.detection_data import open_image
+
+    return open_image(path)
+
+
+def url_source(item: str) -> list[Source]:
+    parsed = urllib.parse.urlparse(item)
+    name = Path(parsed.path).name or parsed.netloc
+    return [Source(item, lambda: read_url(item), (parsed.netloc, *Path(parsed.path).parent.parts[1:], name))]
+
+
+def file_sources(paths: list[Path]) -> list[Source]:
+    return [Source(str(p), (lambda p=p: read_file(p)), p.resolve().parts) for p in paths]
+
+
+def folder_source(folder: Path) -> list[Source]:
+    return file_sources(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+
+
+def glob_source(pattern: str) -> list[Source]:
+    matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    return file_sources([p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES])
+
+
+def input_kind(item: str) -> str:
+    """"url", "glob", "folder" or "file" (a seam: other kinds, such as video, dispatch here)."""
+    if is_url(item):
+        return "url"
+    if any(c in item for c in "*?[") and not Path(item).exists():
+        return "glob"
+    return "folder" if Path(item).is_dir() else "file"
+
+
+READERS = {"url": url_source, "glob": glob_source, "folder": lambda item: folder_source(Path(item)),
+           "file": lambda item: file_sources([Path(item)])}
+
+
+def collect_sources(inputs: list[str]) -> list[Source]:
+    sources = []
+    for item in inputs:
+        kind = input_kind(item)
+        if kind == "file" and not Path(item).is_file():
+            raise FileNotFoundError(f"{item}: no such image, folder, glob match or URL")
+        found = READERS[kind](item)
+        if not found and kind in ("folder", "glob"):
+            raise FileNotFoundError(f"{item}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        sources += found
+    if not sources:
+        raise FileNotFoundError(f"no images found in {inputs}")
+    return sources
+
+
+def output_names(sources: list[Source]) -> list[str]:
+    """File stems for the drawings: the input's stem, widened by its parent folders where two inputs share it."""
+    depth = [1] * len(sources)
+    while True:
+        names = ["__".join(s.parts[-d:]) for s, d in zip(sources, depth)]
+        names = [str(Path(n).with_suffix("")) if "." in Path(n).name else n for n in names]
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            return names
+        grown = False
+        for i, name in enumerate(names):
+            if name in clashes and depth[i] < len(sources[i].parts):
+                depth[i] += 1
+                grown = True
+        if not grown:  # the very same input twice: number them
+            seen: dict[str, int] = {}
+            for i, name in enumerate(names):
+                seen[name] = seen.get(name, 0) + 1
+                names[i] = name if seen[name] == 1 else f"{name}-{seen[name]}"
+            return names
+
+
+def data_sources(args) -> tuple[list[Source], Any]:
+    """The images of a data set's split, with its image ids (for --save-coco-json)."""
+    from .config import TrainConfig
+    from .data import load_split, resolve_source
+
+    config = TrainConfig(data=args.data, eval_split=args.split, data_cache=args.data_cache,
+                         image_size=args.image_size, invalid_records="skip")
+    records = load_split(resolve_source(config), args.split, config)
+    sources = []
+    for r in records:
+        label = str(r.image) if isinstance(r.image, (str, Path)) else f"{args.data}:{args.split}:{r.image_id}"
+        parts = Path(label).parts if isinstance(r.image, (str, Path)) else (f"image-{r.image_id}",)
+        sources.append(Source(label, (lambda r=r: read_file(r.image)), tuple(parts), int(r.image_id)))
+    return sources, records
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detrkit predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="save_pretrained folder or Hub id")
+    parser.add_argument("inputs", nargs="*", help="image files, folders, globs (quoted) or http(s) URLs")
+    parser.add_argument("--data", help="predict on this data set's --split instead (what `detrkit train --data` "
+                                       "takes)")
+    parser.add_argument("--split", default="val", help="with --data: the split (default: val)")
+    parser.add_argument("--data-cache", default="~/.cache/detrkit/data", help="where built-in sets are generated")
+    parser.add_argument("--image-size", type=int, default=128, help="built-in sets: the generated size")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score threshold (default: 0.5 for DETR's softmax scores, 0.3 for Deformable DETR's)")
+    parser.add_argument("--output-dir", default="predictions", help="where the JSON and drawings go "
+                                                                    "(default: predictions)")
+    parser.add_argument("--save-coco-json", metavar="FILE", help="also write COCO results with the data's image "
+                                                                 "and category ids (needs --data)")
+    parser.add_argument("--no-drawings", action="store_true", help="write the JSON only")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub model's own code to run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("predict", argv, lambda args: predict_command(argument_parser().parse_args(args)))
+
+
+def predict_command(args) -> dict:
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    from .predictions import detect, draw, to_json
+    from .pretrained import load_pretrained, score_threshold
+
+    if bool(args.inputs) == bool(args.data):
+        raise UsageError("give either images (files, folders, globs, URLs) or --data, not both" if args.inputs
+                         else "nothing to predict on: give image files, folders, globs or URLs, or --data")
+    if args.save_coco_json and not args.data:
+        raise UsageError("--save-coco-json needs --data: COCO results name the data's own image and category ids")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    sources, records = data_sources(args) if args.data else (collect_sources(args.inputs), None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, processor = load_pretrained(args.model, device, trust_remote_code=args.trust_remote_code)
+    threshold = args.threshold if args.threshold is not None else score_threshold(model)
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names, results, coco = output_names(sources), {}, []
+    to_original = coco_category_ids(model, records) if args.save_coco_json else None
+    for start in range(0, len(sources), args.batch_size):
+        chunk = list(zip(sources[start:start + args.batch_size], names[start:start + args.batch_size]))
+        images = [read_rgb(source) for source, _ in chunk]
+        for (source, name), image, detections in zip(chunk, images, detect(model, processor, images, threshold, device)):
+            results[source.name] = to_json(detections, id2label)
+            if not args.no_drawings:
+                F.to_pil_image(draw(image, detections, id2label)).save(out / f"{name}.png")
+            if to_original is not None:
+                coco += coco_results(detections, source.image_id, to_original)
+            print(f"{source.name}: {len(results[source.name])} object(s) at score >= {threshold:g}")
+    (out / "predictions.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}/predictions.json" + ("" if args.no_drawings else f" and {len(sources)} PNG(s)"))
+    if args.save_coco_json:
+        Path(args.save_coco_json).write_text(json.dumps(coco))
+        print(f"wrote {args.save_coco_json} ({len(coco)} detections, the data's category ids)")
+    return results
+
+
+def read_rgb(source: Source):
+    try:
+        return source.read().convert("RGB")
+    except OSError as error:
+        raise OSError(f"{source.name}: cannot read the image ({error})") from None
+
+
+def coco_category_ids(model, records) -> dict[int, int]:
+    """Model label -> the data's original category id (labels the data does not have are dropped)."""
+    from .label_mapping import map_model_labels
+
+    categories = records.categories
+    mapping, _ = map_model_labels(model.config.id2label, list(categories.names), list(categories.original_ids))
+    return {model_label: int(categories.original_ids[data_label]) for model_label, data_label in mapping.items()}
+
+
+def coco_results(detections: dict, image_id: int, to_original: dict[int, int]) -> list[dict]:
+    results = []
+    for score, label, (x0, y0, x1, y1) in zip(detections["scores"].tolist(), detections["labels"].tolist(),
+                                              detections["boxes"].tolist()):
+        if int(label) in to_original:
+            results.append({"image_id": image_id, "category_id": to_original[int(label)],
+                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                            "score": round(score, 5)})
+    return results
