@@ -1,9 +1,12 @@
 """`--data` -> validated train / eval records, encoded datasets and the collator.
 
-`--data` is a built-in set name ("shapes-a", "shapes-b": generated into `data_cache` on first use), a COCO
-folder or json, an imagefolder with metadata.jsonl, a `datasets` folder written by `save_to_disk`, or a Hub
-dataset id with an `objects` column. Everything goes through detrkit.processing's loaders, so every bad
-record is reported with its image id and skipped or fatal as `invalid_records` says.
+`--data` is a built-in set name ("shapes-a", "shapes-b": generated into `data_cache` on first use), or anything
+detrkit.processing's `load_detection_data` reads: a COCO folder or json, a YOLO folder with data.yaml, a Pascal
+VOC folder, an imagefolder with metadata.jsonl, a `datasets` folder written by `save_to_disk`, or a Hub dataset
+id (`owner/name` or `name`) with an `objects` column. Split names are found by themselves (`val` also finds
+`valid`, `validation`, `val2017`). Every bad record is reported with its image id and skipped or fatal as
+`invalid_records` says; images that fail to decode later, in a DataLoader worker, are skipped and counted in
+`TrainingData.skipped_images()`.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 from detrkit.processing.augmentations import AugmentationConfig, detr_train_transforms
 from detrkit.processing.coco_metric import coco_evaluate
 from detrkit.processing.collator import DetectionCollator
+from detrkit.processing.data_layouts import SplitNotFoundError, open_source
 from detrkit.processing.detection_data import DetectionData, load_detection_data
 from detrkit.processing.detection_dataset import DetectionDataset
 from detrkit.processing.synthetic_shapes import BUILTIN_DATASETS, write_builtin_dataset
@@ -28,6 +32,10 @@ class TrainingData:
     id2label: dict[int, str]
     collate_fn: DetectionCollator
 
+    def skipped_images(self) -> dict[str, int]:
+        """Images that failed to decode so far and were skipped (counted across DataLoader workers)."""
+        return {"train": self.train.skipped.count, "eval": self.eval.skipped.count}
+
 
 def resolve_source(config: TrainConfig, log=print):
     """A path or `datasets` object that `load_detection_data` understands."""
@@ -39,26 +47,18 @@ def resolve_source(config: TrainConfig, log=print):
         builtin = write_builtin_dataset(name, root, image_size=config.image_size, **sizes)
         log(f"data: built-in {name} in {builtin.root}")
         return builtin.root
-    path = Path(name).expanduser()
-    if path.exists():
-        if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-            import datasets
-
-            return datasets.load_from_disk(str(path))
-        return path
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):  # a Hub dataset id
-        import datasets
-
-        return datasets.load_dataset(name)
-    raise FileNotFoundError(f"--data {name!r}: not a built-in set ({', '.join(BUILTIN_DATASETS)}), an existing "
-                            "folder or file, or a Hub dataset id")
+    try:
+        return open_source(name)  # a path, or the datasets object of a save_to_disk folder / Hub id, loaded once
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--data {name!r}: not a built-in set ({', '.join(BUILTIN_DATASETS)}) and "
+                                f"{str(error).removeprefix(f'data source {name!r}: ')}") from None
 
 
 def load_split(source, split: str, config: TrainConfig, log=print) -> DetectionData:
     try:
         records = load_detection_data(source, split=split, on_error=config.invalid_records)
-    except KeyError as error:  # a DatasetDict without this split
-        raise KeyError(f"--data {config.data}: no split {split!r} ({error}); set train_split / eval_split") from None
+    except SplitNotFoundError as error:
+        raise SplitNotFoundError(f"--data {config.data}: {error}; set train_split / eval_split") from None
     if records.problems:
         log(f"data: {split}: skipped {records.num_skipped} image(s) with problems, e.g. {records.problems[0]}")
     limit = config.max_train_samples if split == config.train_split else config.max_eval_samples
