@@ -151,6 +151,7 @@ class _SegmentationHead:
     detector_class = None  # the detection model class `self.detr` is
     output_class = DetrSegmentationOutput
     uses_focal_loss = False
+    model_card_template = "detr_segmentation"  # model_cards/<name>.md
 
     def _build_head(self, config, stage_indices: list[int]):
         backbone = self.detr.model.backbone.conv_encoder
