@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,15 +30,19 @@ logger = logging.getLogger("detrkit.train")
 METRIC_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The project folder is set once the output folder is known (`resolve_output_dir`)."""
-    return Accelerator(
+def make_accelerator(config: TrainConfig) -> tuple[TrainConfig, Accelerator]:
+    """The run folder first (decided once and shared by every process), then the accelerator logging into it."""
+    PartialState()  # the process group, so that every process gets the main process's folder name
+    config = resolve_output_dir(config)
+    output = Path(config.output_dir)
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.report_to or None,
-        project_config=ProjectConfiguration(),
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step ourselves
     )
+    return config, accelerator
 
 
 def newest_run(config: TrainConfig) -> str | None:
@@ -48,7 +52,7 @@ def newest_run(config: TrainConfig) -> str | None:
     return str(runs[-1]) if runs else None
 
 
-def resolve_output_dir(config: TrainConfig, accelerator: Accelerator) -> TrainConfig:
+def resolve_output_dir(config: TrainConfig) -> TrainConfig:
     """A folder of its own (the same on every process), and never an earlier run's checkpoints overwritten
     unless asked."""
     output_dir = config.output_dir
@@ -66,8 +70,6 @@ def resolve_output_dir(config: TrainConfig, accelerator: Accelerator) -> TrainCo
     elif earlier and not config.overwrite_output_dir:
         raise UsageError(f"{output_dir} holds the checkpoints of an earlier run; continue it with --resume latest, "
                          "start afresh with --overwrite-output-dir (deletes them), or choose another --output-dir")
-    accelerator.project_configuration.set_directories(output_dir)
-    accelerator.project_configuration.logging_dir = str(Path(output_dir) / "logs")
     return config
 
 
@@ -98,8 +100,7 @@ def make_ema(model: torch.nn.Module, config: TrainConfig, accelerator: Accelerat
 def prepare_run(config: TrainConfig):
     """Config -> (config with every choice made, accelerator, loaded model, data, model, notes)."""
     config, notes = launcher_settings(config)
-    accelerator = make_accelerator(config)
-    config = resolve_output_dir(config, accelerator)
+    config, accelerator = make_accelerator(config)
     set_seed(config.seed)
     loaded = load_model(config, log=accelerator.print)
     config, model_notes = resolve_for_model(config, loaded.kind, loaded.processor_size, is_builtin(config.data))
