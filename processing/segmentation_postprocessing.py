@@ -100,7 +100,7 @@ def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_ar
         mask_probs = F.interpolate(mask_probs[None], size=target_size, mode="bilinear", align_corners=False)[0]
     num_queries = len(mask_probs)
     mask_probs *= scores.view(-1, 1, 1)
-    winner = mask_probs.argmax(0)  # (H, W)
+    winner = mask_probs.max(0).indices  # (H, W); first index among ties, as argmax; faster than argmax on CPU
     won_area = torch.bincount(winner.view(-1), minlength=num_queries)
     own_area = count_at_least(mask_probs, mask_threshold)
     # The ratio as float32, compared in float64, as transformers' `.item() > threshold` does: 4 / 5 must pass 0.8.
@@ -121,8 +121,19 @@ def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_ar
 
 
 def count_at_least(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per leading index, how many of values[k] are >= threshold: (K, ...) -> (K,) int64."""
-    return torch.count_nonzero((values >= threshold).view(len(values), -1), dim=1)
+    """Per leading index, how many of values[k] are >= threshold: (K, ...) -> (K,) int64.
+
+    Summing a bool tensor widens every flag to int64 first, several times the cost of the comparison. Here the
+    flags are read 8 at a time as int64 words and summed in groups of at most 255 words, so that no byte of the
+    sum can exceed 255 and carry into its neighbour; the bytes of the partial sums then add up to the count.
+    """
+    flags = (values >= threshold).reshape(len(values), -1)
+    if flags.shape[1] % 8 or flags.device.type != "cpu":
+        return torch.count_nonzero(flags, dim=1)
+    words = flags.view(torch.uint8).view(torch.int64)  # (K, N / 8), one flag per byte
+    words = F.pad(words, (0, -words.shape[1] % 255))
+    partial = words.view(len(values), -1, 255).sum(-1)  # each byte <= 255
+    return partial.view(torch.uint8).view(len(values), -1).sum(1)
 
 
 def segment_batch(outputs, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, target_sizes,
