@@ -121,10 +121,15 @@ class AdaptiveClusteringAttention(MultiheadAttention):
 
     def hash_functions(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The E2LSH projections a (d_head, L) ~ N(0, 1) and biases b (L,) ~ U(0, r), drawn from `seed` on the CPU
-        (the same numbers on every device)."""
+        (the same numbers on every device).
+
+        Round l's (a_l, b_l) comes from row l of one uniform draw (normals by the inverse CDF), so the first L
+        rounds are the same for any larger L: fewer rounds only merge clusters, and the trade-off is monotone."""
         generator = torch.Generator().manual_seed(self.seed)
-        projections = torch.randn(self.head_dim, self.hash_rounds, generator=generator, dtype=torch.float64)
-        bias = torch.rand(self.hash_rounds, generator=generator, dtype=torch.float64) * self.bucket_width
+        uniform = torch.rand(self.hash_rounds, self.head_dim + 1, generator=generator, dtype=torch.float64)
+        uniform = uniform.clamp(1e-12, 1 - 1e-12)
+        projections = (2.0**0.5 * torch.erfinv(2 * uniform[:, :-1] - 1)).T
+        bias = uniform[:, -1] * self.bucket_width
         return projections.to(device, dtype), bias.to(device, dtype)
 
     @torch.no_grad()
