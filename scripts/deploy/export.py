@@ -1,0 +1,142 @@
+"""`detrkit export MODEL --format onnx --output FILE [--opset N] [--pixel-mask] [--postprocess]`: a model as ONNX.
+
+The graph takes `pixel_values` (B, 3, H, W), optionally `pixel_mask` (B, H, W) (1 on image pixels, 0 on padding),
+with batch, height and width dynamic, and returns `logits` and `pred_boxes` as the PyTorch model does. With
+`--postprocess` it also takes `target_sizes` (B, 2) as (height, width) and returns `scores`, `labels` and `boxes`
+(x0, y0, x1, y1 in pixels of target_sizes), as the image processor's `post_process_object_detection` computes them
+before its threshold: each query's best class for DETR (softmax, "no object" dropped), the top-k (query, class)
+pairs for Deformable DETR (sigmoid). Thresholding is left to the caller, so the output shapes stay fixed.
+
+Exporter: torch.onnx's TorchScript-trace path (`dynamo=False`). torch.export (the default, dynamo) turns the
+feature-map sizes into symbols and then specialises them where they reach `torch.linspace` and `torch.as_tensor`
+(Deformable DETR's reference points and level shapes): the export then fails for dynamic height and width. The
+trace records those sizes as graph values. Deformable attention is exported through its PyTorch path
+(`grid_sample`, ONNX opset >= 16): a standard op every ONNX runtime has, where the compiled kernel would need a
+custom-op library next to the file.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+
+from .loading import is_deformable, load_model
+
+MIN_OPSET = 16  # GridSample (Deformable DETR's bilinear sampling)
+
+
+class DetectionPostProcess(nn.Module):
+    """The processor's `post_process_object_detection` before thresholding, as graph operations."""
+
+    def __init__(self, sigmoid: bool, top_k: int = 100):
+        super().__init__()
+        self.sigmoid, self.top_k = sigmoid, top_k
+
+    def forward(self, logits, pred_boxes, target_sizes):
+        """logits (B, Q, C), pred_boxes (B, Q, 4) normalized cxcywh, target_sizes (B, 2) (height, width) ->
+        scores (B, K), labels (B, K) int64, boxes (B, K, 4) pixels; K = Q for softmax, min(top_k, Q * C) else."""
+        height, width = target_sizes.to(pred_boxes.dtype).unbind(1)
+        scale = torch.stack([width, height, width, height], 1)[:, None]
+        boxes = box_convert(pred_boxes, "cxcywh", "xyxy") * scale
+        if not self.sigmoid:
+            scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+            return scores, labels, boxes
+        num_classes = logits.shape[-1]
+        prob = logits.sigmoid().flatten(1)  # (B, Q * C)
+        scores, index = prob.topk(min(self.top_k, prob.shape[1]), dim=1)
+        query = torch.div(index, num_classes, rounding_mode="floor")
+        boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
+        return scores, index % num_classes, boxes
+
+
+class OnnxDetector(nn.Module):
+    """The model with plain tensor inputs and outputs, in the order the ONNX graph names them."""
+
+    def __init__(self, model, pixel_mask: bool = False, postprocess: bool = False, top_k: int = 100):
+        super().__init__()
+        self.model = model
+        self.use_pixel_mask = pixel_mask
+        self.postprocess = DetectionPostProcess(is_deformable(model), top_k) if postprocess else None
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["pixel_values"] + ["pixel_mask"] * self.use_pixel_mask + ["target_sizes"] * bool(self.postprocess)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits", "pred_boxes"] + ["scores", "labels", "boxes"] * bool(self.postprocess)
+
+    def forward(self, pixel_values, *extra):
+        extra = list(extra)
+        pixel_mask = extra.pop(0) if self.use_pixel_mask else None
+        outputs = self.model(pixel_values, pixel_mask=pixel_mask, return_dict=True)
+        result = (outputs.logits, outputs.pred_boxes)
+        if self.postprocess is not None:
+            result += self.postprocess(outputs.logits, outputs.pred_boxes, extra.pop(0))
+        return result
+
+    def example_inputs(self, batch_size: int = 2, height: int = 256, width: int = 320) -> tuple[torch.Tensor, ...]:
+        pixel_values = torch.randn(batch_size, self.model.config.num_channels, height, width)
+        inputs = [pixel_values]
+        if self.use_pixel_mask:
+            inputs.append(torch.ones(batch_size, height, width, dtype=torch.long))
+        if self.postprocess is not None:
+            inputs.append(torch.tensor([[height, width]] * batch_size, dtype=torch.long))
+        return tuple(inputs)
+
+
+def _dynamic_axes(detector: OnnxDetector) -> dict:
+    axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "pixel_mask": {0: "batch", 1: "height", 2: "width"},
+            "target_sizes": {0: "batch"}}
+    axes.update({name: {0: "batch"} for name in detector.output_names})
+    return {name: axes[name] for name in detector.input_names + detector.output_names}
+
+
+def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = False, postprocess: bool = False,
+                top_k: int = 100, example_size: tuple[int, int] = (256, 320), check: bool = True) -> Path:
+    """Write `model` (a detrkit detection model) as an ONNX file; returns its path. The graph is traced at
+    `example_size` with batch 2; batch, height and width stay dynamic. `check` runs onnx.checker on the file."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: Deformable DETR's sampling needs GridSample (opset >= {MIN_OPSET})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    detector = OnnxDetector(model.eval(), pixel_mask, postprocess, top_k).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the trace warns at every Python-side size computation; the tests compare other sizes against PyTorch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            detector, detector.example_inputs(2, *example_size), str(path), dynamo=False, opset_version=opset,
+            input_names=detector.input_names, output_names=detector.output_names,
+            dynamic_axes=_dynamic_axes(detector), do_constant_folding=True,
+        )
+    if check:
+        onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="detrkit export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="save_pretrained folder, Hub id or preset name (random weights)")
+    parser.add_argument("--format", default="onnx", choices=["onnx"])
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--pixel-mask", action="store_true", help="take a pixel_mask input (padded batches)")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="take target_sizes and also return scores, labels and boxes in pixels")
+    parser.add_argument("--top-k", type=int, default=100, help="Deformable DETR: (query, class) pairs kept")
+    parser.add_argument("--example-size", type=int, nargs=2, default=(256, 320), metavar=("HEIGHT", "WIDTH"),
+                        help="the input size traced (any size runs)")
+    args = parser.parse_args(argv)
+    model, _ = load_model(args.model)
+    path = export_onnx(model, args.output, args.opset, args.pixel_mask, args.postprocess, args.top_k,
+                       tuple(args.example_size))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), onnx.checker passed")
+    return 0
