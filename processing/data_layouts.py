@@ -17,6 +17,7 @@ folder with one ``metadata.jsonl``, a lone ``Dataset``) serves it for any split 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -77,7 +78,7 @@ def _coco_splits(root: Path) -> dict[str, SplitSource]:
         for file in sorted(annotations.glob(pattern)) if annotations.is_dir() else []:
             split = file.stem.removeprefix("instances_")
             splits.setdefault(split, _coco(file, _coco_image_dir(root, split)))
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in splits):
         beside = [root / f"instances_{folder.name}.json", root / f"{folder.name}.json"]
         inside = sorted(folder.glob("*.json"))
         roboflow = folder / "_annotations.coco.json"
@@ -123,20 +124,28 @@ def _folder_splits(root: Path) -> dict[str, SplitSource]:
     return splits
 
 
+def _is_datasets_object(source) -> bool:
+    # without importing datasets (a second of start-up) when nothing has: then no object can be one of its own
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(source, (datasets.Dataset, datasets.DatasetDict))
+
+
 def open_source(source) -> Any:
     """A path, or the ``datasets`` object a ``save_to_disk`` folder or Hub id holds (loaded once, here)."""
-    import datasets
-
-    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+    if _is_datasets_object(source):
         return source
     path = Path(source).expanduser()
     if path.exists():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            import datasets
+
             return datasets.load_from_disk(str(path))
         return path
     name = str(source)
     if not HUB_ID.match(name):
         raise FileNotFoundError(f"data source {name!r}: no such file or folder")
+    import datasets
+
     try:
         return datasets.load_dataset(name)
     except Exception as err:  # offline, unknown name, gated...: say both readings of the name
@@ -146,12 +155,10 @@ def open_source(source) -> Any:
 
 def discover_splits(source) -> dict[str, SplitSource]:
     """Every split the source holds, by its own name (``ANY_SPLIT`` for a source with one set of records)."""
-    import datasets
-
     source = open_source(source)
-    if isinstance(source, datasets.DatasetDict):
-        return {split: _hf(dataset, f"datasets split {split!r}") for split, dataset in source.items()}
-    if isinstance(source, datasets.Dataset):
+    if _is_datasets_object(source):
+        if hasattr(source, "items"):  # a DatasetDict
+            return {split: _hf(dataset, f"datasets split {split!r}") for split, dataset in source.items()}
         return {ANY_SPLIT: _hf(source, "datasets.Dataset")}
     if source.is_file():
         if source.suffix != ".json":

@@ -141,7 +141,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"image {self.image_id}: {self.message}"
+        return self.message if self.image_id == "-" else f"image {self.image_id}: {self.message}"  # "-": the file
 
 
 class InvalidDatasetError(ValueError):
