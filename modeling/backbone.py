@@ -1,6 +1,8 @@
-"""CNN backbone: any timm model with `features_only`, frozen BatchNorm, and the pixel mask carried to each stage."""
+"""The backbone: any timm model with `features_only` (CNNs, hierarchical transformers), frozen BatchNorm,
+early stages frozen, and the pixel mask carried to each returned stage."""
 
 import contextlib
+from collections.abc import Callable
 
 import timm
 import torch
@@ -30,7 +32,7 @@ class FrozenBatchNorm2d(torchvision.ops.FrozenBatchNorm2d):
     """torchvision's FrozenBatchNorm2d (fixed statistics and affine, same state-dict layout, ignores
     `num_batches_tracked`) as one fused multiply-add, x * scale + shift. Unlike the inference `batch_norm`
     kernel, whose autograd keeps the input for a weight gradient frozen statistics never need, it saves only
-    the per-channel scale: 0.4 GiB less in a ResNet-50 training step at 800x1066, and a faster pass."""
+    the per-channel scale (less memory in a training step, and a faster pass)."""
 
     def forward(self, x):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
@@ -57,17 +59,62 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
+# Backbones timm does not name (e.g. a DCN variant): name -> callable taking timm.create_model's arguments and
+# returning a features_only-style module (a `feature_info` and a list of feature maps).
+BACKBONE_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
+    BACKBONE_BUILDERS[name] = builder
+
+
+def _create_features(name: str, dilation: bool, **kwargs) -> nn.Module:
+    """timm's features_only model; hierarchical transformers get `dynamic_img_size` (any input size), and a
+    family that cannot dilate its last stage (DC5) is refused by name."""
+    create = BACKBONE_BUILDERS.get(name, timm.create_model)
+    if dilation:
+        kwargs["output_stride"] = 16
+    try:
+        try:
+            return create(name, features_only=True, dynamic_img_size=True, **kwargs)
+        except TypeError as error:  # CNNs take any input size and do not know the argument
+            if "dynamic_img_size" not in str(error):
+                raise
+        return create(name, features_only=True, **kwargs)
+    except TypeError as error:
+        if "output_stride" in str(error):
+            raise ValueError(f"backbone {name!r} cannot dilate its last stage (timm has no output_stride for "
+                             "it): dilation=True (DC5) needs a CNN such as resnet50") from error
+        raise
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise ValueError(f"backbone {name!r} is not a timm model name") from error
+        raise
+
+
+def _nominal_reductions(reductions: list[int]) -> list[int]:
+    """Strides as the undilated network has them: a dilated stage repeats its predecessor's stride, which
+    doubles in a hierarchical backbone."""
+    nominal = []
+    for reduction in reductions:
+        nominal.append(nominal[-1] * 2 if nominal and reduction <= nominal[-1] else reduction)
+    return nominal
+
+
 class Backbone(nn.Module):
-    """A timm CNN returning every requested stage as `(feature_map (B, C, h, w), mask (B, h, w))`,
+    """A timm backbone returning every requested stage as `(feature_map (B, C, h, w), mask (B, h, w))`,
     mask True on valid (non-padding) pixels.
 
-    Channel counts and strides are read from timm's `feature_info`, so any timm CNN works by name.
+    The stages are picked from timm's `feature_info` by stride (`strides`), unless `out_indices` names them;
+    channel counts come from there too, so CNNs and hierarchical transformers (channels-last outputs, made
+    channels-first here) work by name.
     """
 
     def __init__(
         self,
         name: str = "resnet50",
-        out_indices=(1, 2, 3, 4),
+        strides=(4, 8, 16, 32),
+        out_indices=None,
         dilation: bool = False,
         pretrained: bool = False,
         in_chans: int = 3,
@@ -76,31 +123,35 @@ class Backbone(nn.Module):
         **timm_kwargs,
     ):
         super().__init__()
-        try:
-            self.model = timm.create_model(
-                name,
-                pretrained=pretrained and not _SKIP_PRETRAINED_DOWNLOAD,
-                features_only=True,
-                out_indices=tuple(out_indices),
-                output_stride=16 if dilation else 32,
-                in_chans=in_chans,
-                **timm_kwargs,
-            )
-        except RuntimeError as error:
-            if "Unknown model" in str(error):
-                raise ValueError(f"backbone {name!r} is not a timm model name") from error
-            raise
+        if out_indices is not None:
+            timm_kwargs["out_indices"] = tuple(out_indices)
+        self.model = _create_features(name, dilation, pretrained=pretrained and not _SKIP_PRETRAINED_DOWNLOAD,
+                                      in_chans=in_chans, **timm_kwargs)
+        info = self.model.feature_info
+        if out_indices is None:
+            nominal = _nominal_reductions(info.reduction())
+            missing = [stride for stride in strides if stride not in nominal]
+            if missing:
+                raise ValueError(f"backbone {name!r} has no stage of stride {missing} (its strides: {nominal}); "
+                                 "set backbone_out_indices to choose its stages")
+            self.selected = [nominal.index(stride) for stride in strides]
+        else:
+            self.selected = list(range(len(info.out_indices)))
+        self.out_indices = [info.out_indices[i] for i in self.selected]  # indices into timm's full stage list
+        self.channels = [info.channels()[i] for i in self.selected]
+        self.strides = [info.reduction()[i] for i in self.selected]
+        output_format = getattr(self.model, "output_fmt", "NCHW")  # timm's Format enum, or absent for CNNs
+        self.channels_last_output = getattr(output_format, "value", output_format) == "NHWC"
         if freeze_batch_norm_2d:
             freeze_batch_norm(self.model)
-        self.channels = self.model.feature_info.channels()
-        self.strides = self.model.feature_info.reduction()
         self.freeze_early_stages(trainable_stages)
 
     @classmethod
     def from_config(cls, config):
-        """Build from any config carrying DetrConfig's backbone fields (DETR and Deformable DETR share them)."""
+        """Build from any config carrying DetrBaseConfig's backbone fields (DETR and Deformable DETR share them)."""
         return cls(
             config.backbone,
+            strides=config.backbone_strides,
             out_indices=config.backbone_out_indices,
             dilation=config.dilation,
             pretrained=config.use_pretrained_backbone,
@@ -110,23 +161,44 @@ class Backbone(nn.Module):
             **(config.backbone_kwargs or {}),
         )
 
+    def _module_named(self, name: str) -> str:
+        """timm's feature_info names modules of the full network ("stages.1"); FeatureListNet flattens the
+        top levels ("stages_1")."""
+        for candidate in (name, name.replace(".", "_")):
+            try:
+                self.model.get_submodule(candidate)
+                return candidate
+            except AttributeError:
+                continue
+        raise ValueError(f"feature_info module {name!r} is not in the timm model {type(self.model).__name__}")
+
     def freeze_early_stages(self, trainable_stages: int):
-        """Freeze every top-level block that precedes the first trainable stage (the paper: stem + layer1)."""
-        stage_modules = self.model.feature_info.module_name()
+        """Freeze everything timm builds up to the first trainable returned stage (the paper: stem + C2), so
+        `trainable_stages` of the returned stages, counted from the deepest, train. Modules are taken in the
+        order timm registers them, which is the order they run."""
+        self.model.requires_grad_(trainable_stages > 0)
         if trainable_stages == 0:
-            first_trainable = None
-        else:
-            first_trainable = stage_modules[len(stage_modules) - trainable_stages].split(".")[0]
-        for name, child in self.model.named_children():
-            if name == first_trainable:
-                break
-            child.requires_grad_(False)
+            return
+        first_trainable = self.out_indices[-trainable_stages]
+        if first_trainable == 0:
+            return
+        last_frozen = self._module_named(self.model.feature_info.module_name(first_trainable - 1))
+        names = [name for name, _ in self.model.named_modules()]
+        end = names.index(last_frozen) + 1
+        while end < len(names) and names[end].startswith(last_frozen + "."):
+            end += 1
+        for name in names[1:end]:  # names[0] is the model itself
+            for parameter in self.model.get_submodule(name).parameters(recurse=False):
+                parameter.requires_grad_(False)
 
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if pixel_values.device.type == "cpu":
-            # oneDNN convolutions run ~1.4x faster on NHWC activations (ResNet-50 at 800x1066, 2 threads)
+        if pixel_values.device.type == "cpu" and not self.channels_last_output:
+            # oneDNN convolutions run faster on NHWC activations
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         features = self.model(pixel_values)
+        features = [features[i] for i in self.selected]
+        if self.channels_last_output:
+            features = [f.permute(0, 3, 1, 2) for f in features]
         mask = pixel_mask[None].float()
         return [(f, F.interpolate(mask, size=f.shape[-2:]).to(torch.bool)[0]) for f in features]
 

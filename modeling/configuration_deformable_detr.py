@@ -1,23 +1,17 @@
-"""Deformable DETR configuration.
+"""Deformable DETR configuration: the shared DETR-family fields (`configuration_detr_base.py`) plus the fields
+of transformers' `DeformableDetrConfig`, under their names, so its `config.json` reads as-is."""
 
-A DetrConfig (same backbone, transformer and loss fields, same folding of transformers' backbone spellings)
-plus the fields of transformers' `DeformableDetrConfig`, under their names, so its `config.json` reads as-is.
-"""
-
-from .configuration_detr import DetrConfig
-
-_MULTI_SCALE_OUT_INDICES = [2, 3, 4]  # C3-C5 (strides 8, 16, 32) of a timm ResNet
+from .configuration_detr_base import DetrBaseConfig
 
 
-class DeformableDetrConfig(DetrConfig):
+class DeformableDetrConfig(DetrBaseConfig):
     r"""
     Configuration of a detrkit Deformable DETR model. Defaults reproduce Deformable DETR R50 (Zhu et al., 2021):
     4 feature levels (C3-C5 + one stride-2 conv on C5), 4 sampling points per head and level, 6+6 layers with
     FFN 1024, 300 queries, sigmoid focal classification.
 
-    Every DetrConfig field applies (backbone, d_model, layers, heads, dropout, costs, loss coefficients). The
-    backbone returns C3-C5 by default (`backbone_out_indices` [2, 3, 4]); a single-scale model uses only the
-    last of them, so the same stages train as in the multi-scale model.
+    See `DetrBaseConfig` for the backbone, transformer and loss fields. The backbone returns C3-C5 (strides 8,
+    16, 32); a single-scale model uses only the last of them, so the same stages train as in the multi-scale one.
 
     Deformable DETR fields (transformers' names):
         num_feature_levels (`int`): L, feature levels attended to; 1 is the single-scale variant. Levels beyond
@@ -31,9 +25,15 @@ class DeformableDetrConfig(DetrConfig):
         class_loss_coefficient (`float`): weight of the focal classification loss (transformers fixes it at 1;
             the paper's presets use 2, with class_cost 2).
         disable_custom_kernels (`bool`): always use the pure-PyTorch attention op (e.g. for ONNX export).
+        max_position_embeddings: read for compatibility; the sine position encoding has no maximum.
+        return_intermediate: must stay True: the per-layer heads read every decoder layer's output.
     """
 
     model_type = "detrkit_deformable_detr"
+    backbone_strides = (8, 16, 32)
+    # transformers writes [4] for a single-scale model; C3-C5 cost nothing more and keep the same stages
+    # training as in the multi-scale model
+    reads_transformers_out_indices = False
 
     num_queries: int = 300
     encoder_ffn_dim: int = 1024
@@ -53,24 +53,24 @@ class DeformableDetrConfig(DetrConfig):
     # shares them); keeping their default keeps their files loading with identical outputs.
     tie_word_embeddings: bool = True
 
-    def __post_init__(self, **kwargs):
-        # Our own default wins over a transformers config's [4] (single scale): the extra returned stages
-        # cost nothing and keep C3-C4 trainable as in the paper.
-        if self.backbone_out_indices is None:
-            self.backbone_out_indices = list(_MULTI_SCALE_OUT_INDICES)
+    def _check(self):
+        super()._check()
         if self.num_feature_levels < 1:
             raise ValueError(f"num_feature_levels must be at least 1, got {self.num_feature_levels}")
-        if self.normalize_before:
-            raise ValueError("normalize_before=True (pre-norm) is not supported by Deformable DETR, which is post-norm")
-        if self.encoder_attention_type != "standard":
-            raise ValueError(f"encoder_attention_type {self.encoder_attention_type!r} does not apply: Deformable "
-                             "DETR's encoder uses multi-scale deformable attention")
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True requires with_box_refine=True (as in the paper)")
+        if not self.return_intermediate:
+            raise ValueError("return_intermediate=False is not supported: Deformable DETR's per-layer heads and "
+                             "box refinement read every decoder layer's output")
+        # DETR-only fields a config may still carry
+        if getattr(self, "normalize_before", False):
+            raise ValueError("normalize_before=True (pre-norm) is not supported by Deformable DETR, which is post-norm")
+        if getattr(self, "encoder_attention_type", "standard") != "standard":
+            raise ValueError(f"encoder_attention_type {self.encoder_attention_type!r} does not apply: Deformable "
+                             "DETR's encoder uses multi-scale deformable attention")
         for name in ("encoder_n_points", "decoder_n_points", "two_stage_num_proposals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        super().__post_init__(**kwargs)
 
 
 __all__ = ["DeformableDetrConfig"]

@@ -13,7 +13,6 @@ from torch import nn
 from transformers import initialization as init
 
 from .detr_transformer import with_pos
-from .linear_of_sum import is_plain_linear, linear_of_sum
 from .multi_scale_deformable_attention import multi_scale_deformable_attention as _reference_msda
 
 try:  # optional: absent under trust_remote_code, where the reference serves
@@ -29,13 +28,12 @@ class MultiScaleDeformableAttention(nn.Module):
     `value_proj`, `output_proj`) so their checkpoints load unchanged.
     """
 
-    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, use_kernel=True, recompute_activations=False):
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, use_kernel=True):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by the number of heads ({n_heads})")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.use_kernel = use_kernel
-        self.recompute_activations = recompute_activations  # keep query and query_pos, not their sum
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -75,18 +73,12 @@ class MultiScaleDeformableAttention(nn.Module):
         return locations.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
 
     def _project_query(self, query, query_pos):
-        """Sampling offsets and attention logits from query + query_pos; with plain linears, as one matmul over
-        their stacked weights (adapters and hooked modules are called as they are)."""
-        if not (is_plain_linear(self.sampling_offsets) and is_plain_linear(self.attention_weights)):
-            query = with_pos(query, query_pos)
-            return self.sampling_offsets(query), self.attention_weights(query)
-        weight = torch.cat([self.sampling_offsets.weight, self.attention_weights.weight])
-        bias = torch.cat([self.sampling_offsets.bias, self.attention_weights.bias])
-        projected = linear_of_sum(query, query_pos, weight, bias, self.recompute_activations)
-        return projected.split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+        """Sampling offsets and attention logits, both regressed from query + query_pos (eq. 3)."""
+        query = with_pos(query, query_pos)
+        return self.sampling_offsets(query), self.attention_weights(query)
 
     def forward(self, query, reference_points, value, spatial_shapes, level_start_index, value_padding_mask=None,
-                query_pos=None):
+                query_pos=None, spatial_shapes_list=None):
         """
         Args:
             query: (B, Q, C) query features.
@@ -97,6 +89,8 @@ class MultiScaleDeformableAttention(nn.Module):
             level_start_index: (L,) long, start of each level in S.
             value_padding_mask: (B, S) bool, True at padding: those values are zeroed so they add nothing.
             query_pos: (B, Q, C) position embedding added to the query (None: already added).
+            spatial_shapes_list: the same (h_l, w_l) as Python ints taken from the feature maps' shapes, so an
+                ONNX trace keeps them symbolic (`spatial_shapes.tolist()` would freeze the traced input size).
 
         Returns:
             output (B, Q, C) and the attention weights (B, Q, H, L, P).
@@ -123,9 +117,11 @@ class MultiScaleDeformableAttention(nn.Module):
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
-        if _fast_msda is not None:
+        # an ONNX trace records the PyTorch path: grid_sample is a standard ONNX op, the kernel is not
+        if _fast_msda is not None and not torch.jit.is_tracing():
             output = _fast_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                                 use_kernel=self.use_kernel)
         else:
-            output = _reference_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+            shapes = spatial_shapes if spatial_shapes_list is None else spatial_shapes_list
+            output = _reference_msda(value, shapes, level_start_index, sampling_locations, attention_weights)
         return self.output_proj(output), attention_weights

@@ -1,7 +1,7 @@
 """Deformable DETR's encoder-decoder (paper section 4.1 and appendix A.2-A.4).
 
-The layers are DETR's (same FFN, norms, dropout, parameter names), with multi-scale deformable attention
-replacing the encoder self-attention and the decoder cross-attention. Every query carries a reference point:
+The layers are built from DETR's `TransformerLayer` (same FFN, norms, dropout, parameter names), with multi-scale
+deformable attention as the encoder self-attention and the decoder cross-attention. Every query carries a reference point:
 pixel centres of each level in the encoder; in the decoder a point predicted from the object query (one-stage)
 or an encoder proposal box (two-stage), refined layer by layer when a box head is attached (box refinement).
 """
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention
-from .detr_transformer import DecoderLayer, EncoderLayer, with_pos
+from .detr_transformer import MultiheadAttention, TransformerLayer, layer_dropped, with_pos
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -22,51 +22,58 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 def deformable_attention(config, num_heads: int, n_points: int) -> MultiScaleDeformableAttention:
     return MultiScaleDeformableAttention(
-        config.d_model, config.num_feature_levels, num_heads, n_points, use_kernel=not config.disable_custom_kernels,
-        recompute_activations=config.recompute_activations,
+        config.d_model, config.num_feature_levels, num_heads, n_points, use_kernel=not config.disable_custom_kernels
     )
 
 
-class DeformableEncoderLayer(EncoderLayer):
-    """DETR's post-norm encoder layer with deformable self-attention over all levels."""
+class DeformableEncoderLayer(TransformerLayer):
+    """Post-norm encoder layer: deformable self-attention over all levels, then the FFN."""
 
     def __init__(self, config):
-        super().__init__(config, deformable_attention(config, config.encoder_attention_heads, config.encoder_n_points))
+        super().__init__(config, config.encoder_ffn_dim)
+        self.self_attn = deformable_attention(config, config.encoder_attention_heads, config.encoder_n_points)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None,
+                spatial_shapes_list=None):
         """src, pos (B, S, C); reference_points (B, S, L, 2); padding_mask (B, S) True at padding."""
         attended, weights = self.self_attn(
-            src, reference_points, src, spatial_shapes, level_start_index, padding_mask, query_pos=pos
+            src, reference_points, src, spatial_shapes, level_start_index, padding_mask, query_pos=pos,
+            spatial_shapes_list=spatial_shapes_list,
         )
-        src = self.self_attn_layer_norm(src + self.dropout(attended))
-        return self.final_layer_norm(src + self._feed_forward(src)), weights
+        src = self.add_and_norm(src, attended, self.self_attn_layer_norm)
+        return self.feed_forward_sublayer(src), weights
 
 
-class DeformableDecoderLayer(DecoderLayer):
-    """DETR's post-norm decoder layer: self-attention among queries, then deformable cross-attention."""
+class DeformableDecoderLayer(TransformerLayer):
+    """Post-norm decoder layer: self-attention among queries, deformable cross-attention, then the FFN."""
 
     def __init__(self, config):
-        super().__init__(config)
-        # replaces DETR's dense cross-attention
+        super().__init__(config, config.decoder_ffn_dim)
+        self.self_attn = MultiheadAttention(config.d_model, config.decoder_attention_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
         self.encoder_attn = deformable_attention(config, config.decoder_attention_heads, config.decoder_n_points)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index,
-                memory_padding_mask=None, output_attentions=False):
+                memory_padding_mask=None, output_attentions=False, spatial_shapes_list=None):
         """tgt, query_pos (B, Q, C); reference_points (B, Q, L, 2 or 4); memory (B, S, C)."""
         q = k = with_pos(tgt, query_pos)
         attended, self_weights = self.self_attn(q, k, tgt, None, output_attentions)
-        tgt = self.self_attn_layer_norm(tgt + self.dropout(attended))
+        tgt = self.add_and_norm(tgt, attended, self.self_attn_layer_norm)
         attended, cross_weights = self.encoder_attn(
-            tgt, reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask, query_pos=query_pos
+            tgt, reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask, query_pos=query_pos,
+            spatial_shapes_list=spatial_shapes_list,
         )
-        tgt = self.encoder_attn_layer_norm(tgt + self.dropout(attended))
-        return self.final_layer_norm(tgt + self._feed_forward(tgt)), (self_weights, cross_weights)
+        tgt = self.add_and_norm(tgt, attended, self.encoder_attn_layer_norm)
+        return self.feed_forward_sublayer(tgt), (self_weights, cross_weights)
 
 
 class DeformableEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layers = nn.ModuleList(DeformableEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.layerdrop = config.encoder_layerdrop
 
     @staticmethod
     def get_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
@@ -85,13 +92,18 @@ class DeformableEncoder(nn.Module):
         return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src, pos, spatial_shapes, level_start_index, valid_ratios, padding_mask=None,
-                output_attentions=False, output_hidden_states=False):
-        """src, pos (B, S, C) flattened levels; returns memory (B, S, C), hidden states, attentions."""
-        reference_points = self.get_reference_points(spatial_shapes.tolist(), valid_ratios)
+                output_attentions=False, output_hidden_states=False, spatial_shapes_list=None):
+        """src, pos (B, S, C) flattened levels; returns memory (B, S, C), hidden states, attentions.
+        spatial_shapes_list: (h_l, w_l) as ints from the feature maps (kept symbolic by an ONNX trace)."""
+        shapes = spatial_shapes.tolist() if spatial_shapes_list is None else spatial_shapes_list
+        reference_points = self.get_reference_points(shapes, valid_ratios)
         hidden_states = (src,) if output_hidden_states else None
         attentions = () if output_attentions else None
         for layer in self.layers:
-            src, weights = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            weights = None
+            if not layer_dropped(self, self.layerdrop):
+                src, weights = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask,
+                                     spatial_shapes_list)
             if output_hidden_states:
                 hidden_states += (src,)
             if output_attentions:
@@ -101,17 +113,20 @@ class DeformableEncoder(nn.Module):
 
 class DeformableDecoder(nn.Module):
     """Returns every layer's output and reference points. With box refinement, `bbox_embed` (one head per
-    layer, attached by the detection model) moves each layer's reference boxes; gradients do not flow
-    through the reference points (they are detached, as the paper)."""
+    layer, given by DeformableDetrModel) moves each layer's reference boxes; gradients do not flow
+    through the reference points (they are detached, as the paper). Two-stage adds `class_embed`, whose last
+    head scores the encoder proposals."""
 
-    def __init__(self, config):
+    def __init__(self, config, bbox_embed: nn.ModuleList | None = None, class_embed: nn.ModuleList | None = None):
         super().__init__()
         self.layers = nn.ModuleList(DeformableDecoderLayer(config) for _ in range(config.decoder_layers))
-        self.bbox_embed = None  # set by DeformableDetrForObjectDetection when with_box_refine
-        self.class_embed = None  # set when two_stage (its last head scores the encoder proposals)
+        self.layerdrop = config.decoder_layerdrop
+        self.bbox_embed = bbox_embed
+        self.class_embed = class_embed
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-                memory_padding_mask=None, output_attentions=False, output_hidden_states=False):
+                memory_padding_mask=None, output_attentions=False, output_hidden_states=False,
+                spatial_shapes_list=None):
         """tgt, query_pos (B, Q, C); reference_points (B, Q, 2 or 4) in [0, 1] of the valid image area.
         Returns stacked outputs (B, num_layers, Q, C), stacked reference points (B, num_layers, Q, 2 or 4),
         hidden states, self-attentions, cross-attentions."""
@@ -123,11 +138,14 @@ class DeformableDecoder(nn.Module):
             # reference points live in valid-area coordinates; each level's padded frame scales them down
             scale = valid_ratios if reference_points.shape[-1] == 2 else torch.cat([valid_ratios, valid_ratios], -1)
             reference_points_input = reference_points[:, :, None] * scale[:, None]
-            tgt, (self_weights, cross_weights) = layer(
-                tgt, query_pos, reference_points_input, memory, spatial_shapes, level_start_index,
-                memory_padding_mask, output_attentions,
-            )
-            if self.bbox_embed is not None:
+            self_weights = cross_weights = None
+            dropped = layer_dropped(self, self.layerdrop)
+            if not dropped:
+                tgt, (self_weights, cross_weights) = layer(
+                    tgt, query_pos, reference_points_input, memory, spatial_shapes, level_start_index,
+                    memory_padding_mask, output_attentions, spatial_shapes_list,
+                )
+            if self.bbox_embed is not None and not dropped:
                 delta = self.bbox_embed[idx](tgt)
                 if reference_points.shape[-1] == 4:
                     new_reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()

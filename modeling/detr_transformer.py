@@ -15,10 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
-
-from .dropout import Dropout
-from .feed_forward import feed_forward
-from .layer_norm import LayerNorm
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 class MultiheadAttention(nn.Module):
@@ -99,86 +96,100 @@ def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
 
-class FeedForwardLayer(nn.Module):
-    """What encoder and decoder layers share: the feed-forward block, its dropouts and the layer norms."""
+def layer_dropped(stack: nn.Module, probability: float) -> bool:
+    """LayerDrop (Fan et al., 2019): in training, skip a whole layer with this probability."""
+    return stack.training and probability > 0 and bool(torch.rand([]) < probability)
 
-    @staticmethod
-    def _layer_norm(config) -> LayerNorm:
-        return LayerNorm(config.d_model, keep_output_only=config.recompute_activations)
 
-    def _add_feed_forward(self, config, ffn_dim: int):
-        # the FFN's linears sit directly in the layer (not in a sub-module) so parameters are named
-        # `layers.N.fc1`, as in transformers' checkpoints
+class TransformerLayer(GradientCheckpointingLayer):
+    """What every encoder and decoder layer of DETR and Deformable DETR has: the feed-forward block, the
+    dropouts, the residual connections with their layer norms. Subclasses add their attentions.
+
+    The feed-forward linears sit directly in the layer (not in a sub-module) so parameters are named
+    `layers.N.fc1`, as in transformers' checkpoints. GradientCheckpointingLayer gives transformers'
+    `activation_checkpointing_enable()`: tensors are passed to the layers positionally for it.
+    """
+
+    def __init__(self, config, ffn_dim: int):
+        super().__init__()
         self.fc1 = nn.Linear(config.d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, config.d_model)
-        self.final_layer_norm = self._layer_norm(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
         self.activation = ACT2FN[config.activation_function]
-        self.dropout = Dropout(config.dropout)
-        self.activation_dropout = Dropout(config.activation_dropout)
-        self.normalize_before = config.normalize_before
-        self.recompute_activations = config.recompute_activations
+        self.dropout = nn.Dropout(config.dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.normalize_before = getattr(config, "normalize_before", False)
 
-    def _feed_forward(self, x):
-        hidden = feed_forward(x, self.fc1, self.activation, self.activation_dropout, self.fc2,
-                              self.recompute_activations)
-        return self.dropout(hidden)
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
+
+    def residual(self, x: torch.Tensor, sublayer, norm: nn.LayerNorm) -> torch.Tensor:
+        """x + dropout(sublayer(...)), normalized after the sum (post-norm, the papers) or before the sublayer
+        (pre-norm). `sublayer` takes the (normalized) input."""
+        if self.normalize_before:
+            return x + self.dropout(sublayer(norm(x)))
+        return self.add_and_norm(x, sublayer(x), norm)
+
+    def add_and_norm(self, x: torch.Tensor, sublayer_output: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """The post-norm residual: norm(x + dropout(sublayer output))."""
+        return norm(x + self.dropout(sublayer_output))
+
+    def feed_forward_sublayer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(x, self.feed_forward, self.final_layer_norm)
 
 
-class EncoderLayer(FeedForwardLayer):
+class EncoderLayer(TransformerLayer):
+    """Self-attention over the image features (position added to queries and keys), then the FFN."""
+
     def __init__(self, config, self_attn: nn.Module):
-        super().__init__()
+        super().__init__(config, config.encoder_ffn_dim)
         self.self_attn = self_attn
-        self.self_attn_layer_norm = self._layer_norm(config)
-        self._add_feed_forward(config, config.encoder_ffn_dim)
-
-    def _attend(self, src, pos, key_padding_mask, output_attentions):
-        q = k = with_pos(src, pos)
-        out, weights = self.self_attn(q, k, src, key_padding_mask, output_attentions)
-        return self.dropout(out), weights
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(self, src, pos=None, key_padding_mask=None, output_attentions=False):
         """src, pos (B, HW, D); key_padding_mask (B, HW) True on valid pixels."""
-        if self.normalize_before:
-            attended, weights = self._attend(self.self_attn_layer_norm(src), pos, key_padding_mask, output_attentions)
-            src = src + attended
-            return src + self._feed_forward(self.final_layer_norm(src)), weights
-        attended, weights = self._attend(src, pos, key_padding_mask, output_attentions)
-        src = self.self_attn_layer_norm(src + attended)
-        return self.final_layer_norm(src + self._feed_forward(src)), weights
+        weights = None
+
+        def attend(x):
+            nonlocal weights
+            q = k = with_pos(x, pos)
+            out, weights = self.self_attn(q, k, x, key_padding_mask, output_attentions)
+            return out
+
+        src = self.residual(src, attend, self.self_attn_layer_norm)
+        return self.feed_forward_sublayer(src), weights
 
 
-class DecoderLayer(FeedForwardLayer):
+class DecoderLayer(TransformerLayer):
+    """Self-attention among the object queries, cross-attention to the encoder memory, then the FFN."""
+
     def __init__(self, config):
-        super().__init__()
+        super().__init__(config, config.decoder_ffn_dim)
         d_model, heads = config.d_model, config.decoder_attention_heads
         self.self_attn = MultiheadAttention(d_model, heads, config.attention_dropout)
-        self.self_attn_layer_norm = self._layer_norm(config)
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
         self.encoder_attn = MultiheadAttention(d_model, heads, config.attention_dropout)
-        self.encoder_attn_layer_norm = self._layer_norm(config)
-        self._add_feed_forward(config, config.decoder_ffn_dim)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
 
     def forward(self, tgt, memory, pos=None, query_pos=None, memory_key_padding_mask=None, output_attentions=False):
         """tgt, query_pos (B, Q, D); memory, pos (B, HW, D); memory_key_padding_mask (B, HW) True on valid.
         Returns the new tgt and (self-attention weights, cross-attention weights) or Nones."""
-        pre = self.normalize_before
-        x = self.self_attn_layer_norm(tgt) if pre else tgt
-        q = k = with_pos(x, query_pos)
-        attended, self_weights = self.self_attn(q, k, x, None, output_attentions)
-        tgt = tgt + self.dropout(attended)
-        if not pre:
-            tgt = self.self_attn_layer_norm(tgt)
+        weights = {}
 
-        x = self.encoder_attn_layer_norm(tgt) if pre else tgt
-        attended, cross_weights = self.encoder_attn(
-            with_pos(x, query_pos), with_pos(memory, pos), memory, memory_key_padding_mask, output_attentions
-        )
-        tgt = tgt + self.dropout(attended)
-        if not pre:
-            tgt = self.encoder_attn_layer_norm(tgt)
+        def self_attend(x):
+            q = k = with_pos(x, query_pos)
+            out, weights["self"] = self.self_attn(q, k, x, None, output_attentions)
+            return out
 
-        if pre:
-            return tgt + self._feed_forward(self.final_layer_norm(tgt)), (self_weights, cross_weights)
-        return self.final_layer_norm(tgt + self._feed_forward(tgt)), (self_weights, cross_weights)
+        def cross_attend(x):
+            out, weights["cross"] = self.encoder_attn(
+                with_pos(x, query_pos), with_pos(memory, pos), memory, memory_key_padding_mask, output_attentions
+            )
+            return out
+
+        tgt = self.residual(tgt, self_attend, self.self_attn_layer_norm)
+        tgt = self.residual(tgt, cross_attend, self.encoder_attn_layer_norm)
+        return self.feed_forward_sublayer(tgt), (weights["self"], weights["cross"])
 
 
 class Encoder(nn.Module):
@@ -187,6 +198,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(config, build_encoder_self_attention(config)) for _ in range(config.encoder_layers)
         )
+        self.layerdrop = config.encoder_layerdrop
         # pre-norm layers leave their output un-normalized, so the stack ends with a LayerNorm (as in the paper code)
         self.layernorm = nn.LayerNorm(config.d_model) if config.normalize_before else None
 
@@ -195,7 +207,9 @@ class Encoder(nn.Module):
         hidden_states = (src,) if output_hidden_states else None
         attentions = () if output_attentions else None
         for layer in self.layers:
-            src, weights = layer(src, pos, key_padding_mask, output_attentions)
+            weights = None
+            if not layer_dropped(self, self.layerdrop):
+                src, weights = layer(src, pos, key_padding_mask, output_attentions)
             if output_hidden_states:
                 hidden_states += (src,)
             if output_attentions:
@@ -209,6 +223,7 @@ class Decoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        self.layerdrop = config.decoder_layerdrop
         self.layernorm = nn.LayerNorm(config.d_model)
 
     def forward(
@@ -229,9 +244,11 @@ class Decoder(nn.Module):
         self_attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            tgt, (self_weights, cross_weights) = layer(
-                tgt, memory, pos, query_pos, memory_key_padding_mask, output_attentions
-            )
+            self_weights = cross_weights = None
+            if not layer_dropped(self, self.layerdrop):
+                tgt, (self_weights, cross_weights) = layer(
+                    tgt, memory, pos, query_pos, memory_key_padding_mask, output_attentions
+                )
             if return_intermediate:
                 # the normalized copy feeds the auxiliary heads; the next layer sees the raw output (paper code)
                 intermediate.append(self.layernorm(tgt))

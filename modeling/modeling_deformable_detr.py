@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .backbone import Backbone, ConvEncoder
+from transformers.utils import ModelOutput, can_return_tuple
+
 from .configuration_deformable_detr import DeformableDetrConfig
 from .deformable_attention import MultiScaleDeformableAttention
 from .deformable_transformer import (
@@ -27,27 +28,31 @@ from .deformable_transformer import (
     inverse_sigmoid,
     proposal_position_embedding,
 )
+from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
 from .loss import SetCriterion, compute_set_loss
-from .modeling_detr import (
-    MLP,
-    DetrModelOutput,
-    DetrObjectDetectionOutput,
-    DetrPreTrainedModel,
-    _check_inputs,
-    _return,
-)
 from .position_encoding import build_position_encoding
 
 
 @dataclass
-class DeformableDetrModelOutput(DetrModelOutput):
-    """DETR's fields, with intermediate_hidden_states (B, num_decoder_layers, Q, C) always returned, plus:
+class DeformableDetrModelOutput(ModelOutput):
+    """
+    last_hidden_state (B, Q, C): output of the last decoder layer.
+    intermediate_hidden_states (B, num_decoder_layers, Q, C): every decoder layer's output.
     init_reference_points (B, Q, 2 or 4): reference points fed to the first decoder layer.
     intermediate_reference_points (B, num_decoder_layers, Q, 2 or 4): those each decoder layer produced.
+    encoder_last_hidden_state (B, S, C): encoder memory over the flattened levels.
     enc_outputs_class (B, S, num_labels), enc_outputs_coord_logits (B, S, 4): two-stage encoder proposals
-        (scores, box logits) at every pixel of every level.
+        (scores, box logits) at every pixel of every level. Hidden states / attentions: tuples, on request.
     """
 
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
     init_reference_points: torch.Tensor | None = None
     intermediate_reference_points: torch.Tensor | None = None
     enc_outputs_class: torch.Tensor | None = None
@@ -55,10 +60,28 @@ class DeformableDetrModelOutput(DetrModelOutput):
 
 
 @dataclass
-class DeformableDetrObjectDetectionOutput(DetrObjectDetectionOutput):
-    """DETR's fields (loss, loss_dict with `_enc` terms for two-stage proposals, auxiliary_outputs, ...) with
-    sigmoid logits (B, Q, num_labels), no "no object" class; plus the DeformableDetrModelOutput extras."""
+class DeformableDetrObjectDetectionOutput(ModelOutput):
+    """
+    loss: weighted sum of the set losses (when `labels` are given); loss_dict: the unweighted terms (`_enc`
+        terms for two-stage proposals).
+    logits (B, Q, num_labels): sigmoid class logits (no "no object" class).
+    pred_boxes (B, Q, 4): normalized (cx, cy, w, h) relative to each image's unpadded size.
+    auxiliary_outputs: [{"logits", "pred_boxes"}] of decoder layers 1..L-1 (with `auxiliary_loss`).
+    The other fields: those of DeformableDetrModelOutput.
+    """
 
+    loss: torch.Tensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
     init_reference_points: torch.Tensor | None = None
     intermediate_hidden_states: torch.Tensor | None = None
     intermediate_reference_points: torch.Tensor | None = None
@@ -66,8 +89,9 @@ class DeformableDetrObjectDetectionOutput(DetrObjectDetectionOutput):
     enc_outputs_coord_logits: torch.Tensor | None = None
 
 
-class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
-    """DETR's (loading without backbone downloads, model card on save, push_to_hub) with the paper's init."""
+class DeformableDetrPreTrainedModel(DetrFamilyPreTrainedModel):
+    """The shared base (loading without backbone downloads, model card on save, push_to_hub) with the paper's
+    initialisation."""
 
     config_class = DeformableDetrConfig
     config: DeformableDetrConfig
@@ -87,26 +111,37 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
             if not self.config.two_stage:
                 init.xavier_uniform_(module.reference_points.weight, gain=1.0)
                 init.constant_(module.reference_points.bias, 0.0)
+            _init_heads(module.decoder.class_embed or [], module.decoder.bbox_embed or [], self.config)
         elif isinstance(module, DeformableDetrForObjectDetection):
-            # Focal loss starts every class at the prior probability 0.01 (RetinaNet): the many background
-            # queries would otherwise dominate the first updates.
-            # The decoder's copies (box refinement, two-stage) are the tying sources: initialise them alike.
-            decoder = module.model.decoder
-            class_heads = [*module.class_embed, *(decoder.class_embed or [])]
-            box_heads = [*module.bbox_embed, *(decoder.bbox_embed or [])]
-            prior_bias = -math.log((1 - 0.01) / 0.01)
-            for head in class_heads:
-                init.constant_(head.bias, prior_bias)
-            for head in box_heads:
-                init.constant_(head.layers[-1].weight, 0.0)
-                init.constant_(head.layers[-1].bias, 0.0)
-            # The first layer's boxes start small (sigmoid(-2) ~ 0.12 of the image) around the reference
-            # points (the official code); two-stage proposals already carry a size.
-            if not self.config.two_stage:
-                first_heads = [module.bbox_embed[0]] + ([decoder.bbox_embed[0]] if decoder.bbox_embed else [])
-                for head in first_heads:
-                    # a whole-tensor copy: init's guard against overwriting loaded weights does not see slices
-                    init.copy_(head.layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+            _init_heads(module.class_embed, module.bbox_embed, self.config)
+
+
+def _init_heads(class_heads, box_heads, config):
+    """Focal loss starts every class at the prior probability 0.01 (RetinaNet): the many background queries
+    would otherwise dominate the first updates. Box heads start at zero offsets from the reference points; the
+    first layer's boxes small (sigmoid(-2) of the image, the official code) unless two-stage proposals already
+    carry a size."""
+    prior_bias = -math.log((1 - 0.01) / 0.01)
+    for head in class_heads:
+        init.constant_(head.bias, prior_bias)
+    for head in box_heads:
+        init.constant_(head.layers[-1].weight, 0.0)
+        init.constant_(head.layers[-1].bias, 0.0)
+    if box_heads and not config.two_stage:
+        # a whole-tensor copy: init's guard against overwriting loaded weights does not see slices
+        init.copy_(box_heads[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+
+
+def _prediction_heads(config, count: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """`count` class heads (sigmoid logits, no "no object") and 3-layer box heads."""
+    class_heads = nn.ModuleList(nn.Linear(config.d_model, config.num_labels) for _ in range(count))
+    box_heads = nn.ModuleList(MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(count))
+    return class_heads, box_heads
+
+
+def _num_predictions(config) -> int:
+    """One prediction per decoder layer, plus the encoder proposals' in the two-stage variant."""
+    return config.decoder_layers + 1 if config.two_stage else config.decoder_layers
 
 
 def _mask_if_needed(padding_mask: torch.Tensor) -> torch.Tensor | None:
@@ -119,13 +154,14 @@ def _mask_if_needed(padding_mask: torch.Tensor) -> torch.Tensor | None:
 
 
 class DeformableDetrModel(DeformableDetrPreTrainedModel):
-    """Backbone + multi-scale deformable encoder-decoder, without heads."""
+    """Backbone + multi-scale deformable encoder-decoder, without the final heads. It owns what the variants
+    need inside the decoder: with box refinement, a box head per decoder layer (`decoder.bbox_embed`); two-stage,
+    also class heads (`decoder.class_embed`), whose extra last pair scores the encoder proposals. The detection
+    model's heads are these same modules (tied), so this model alone runs every variant."""
 
     def __init__(self, config: DeformableDetrConfig):
         super().__init__(config)
-        self.backbone = ConvEncoder(Backbone.from_config(config))
-        for module in self.backbone.modules():  # keeps timm's init or ImageNet weights through post_init
-            module._is_hf_initialized = True
+        self.backbone = build_backbone(config)
         channels = self.backbone.conv_encoder.channels
         num_backbone_levels = min(config.num_feature_levels, len(channels))
         self.num_backbone_levels = num_backbone_levels
@@ -146,7 +182,10 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, d_model))
 
         self.encoder = DeformableEncoder(config)
-        self.decoder = DeformableDecoder(config)
+        class_heads = box_heads = None
+        if config.with_box_refine:  # (two_stage requires it)
+            class_heads, box_heads = _prediction_heads(config, _num_predictions(config))
+        self.decoder = DeformableDecoder(config, bbox_embed=box_heads, class_embed=class_heads if config.two_stage else None)
         if config.two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
@@ -196,20 +235,19 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         query_pos, tgt = query_embed.split(self.config.d_model, dim=-1)
         return query_pos, tgt, reference_points, enc_outputs_class, enc_outputs_coord_logits
 
-    def forward(self, pixel_values, pixel_mask=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+    @can_return_tuple
+    def forward(self, pixel_values, pixel_mask=None, output_attentions=None, output_hidden_states=None):
         """pixel_values (B, 3, H, W); pixel_mask (B, H, W) 1 on image pixels, 0 on padding (default all 1)."""
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
-        _check_inputs(pixel_values, pixel_mask, self.config.num_channels)
-        batch_size, _, height, width = pixel_values.shape
-        if pixel_mask is None:
-            pixel_mask = torch.ones((batch_size, height, width), dtype=torch.long, device=pixel_values.device)
+        output_attentions, output_hidden_states = output_flags(self.config, output_attentions, output_hidden_states)
+        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
+        batch_size = pixel_values.shape[0]
 
         sources, masks = self._multi_scale_features(pixel_values, pixel_mask)
         spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=pixel_values.device)
+        # from each size as its own tensor, not as_tensor(list): an ONNX trace then keeps the sizes symbolic
+        spatial_shapes = torch.stack([
+            torch.stack([torch.as_tensor(height), torch.as_tensor(width)]) for height, width in spatial_shapes_list
+        ]).to(device=pixel_values.device, dtype=torch.long)
         level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self._valid_ratio(mask) for mask in masks], 1).to(sources[0].dtype)
 
@@ -224,7 +262,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
 
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
             src, pos, spatial_shapes, level_start_index, valid_ratios, attention_padding_mask,
-            output_attentions, output_hidden_states,
+            output_attentions, output_hidden_states, spatial_shapes_list,
         )
 
         enc_outputs_class = enc_outputs_coord_logits = None
@@ -240,9 +278,9 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
 
         hidden, references, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-            attention_padding_mask, output_attentions, output_hidden_states,
+            attention_padding_mask, output_attentions, output_hidden_states, spatial_shapes_list,
         )
-        result = DeformableDetrModelOutput(
+        return DeformableDetrModelOutput(
             init_reference_points=reference_points,
             last_hidden_state=hidden[:, -1],
             intermediate_hidden_states=hidden,
@@ -256,7 +294,6 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             enc_outputs_class=enc_outputs_class,
             enc_outputs_coord_logits=enc_outputs_coord_logits,
         )
-        return _return(result, return_dict, self.config)
 
 
 class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
@@ -270,11 +307,8 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
     def __init__(self, config: DeformableDetrConfig):
         super().__init__(config)
         self.model = DeformableDetrModel(config)
-        num_pred = config.decoder_layers + 1 if config.two_stage else config.decoder_layers
-        self.class_embed = nn.ModuleList(nn.Linear(config.d_model, config.num_labels) for _ in range(num_pred))
-        self.bbox_embed = nn.ModuleList(
-            MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
-        )
+        num_pred = _num_predictions(config)
+        self.class_embed, self.bbox_embed = _prediction_heads(config, num_pred)
         # Tying as transformers 5 declares it ({target: source}); save_pretrained then writes the same keys. With
         # box refinement (one-stage) the class heads stay untied, else save_pretrained would drop the trained
         # heads of layers > 0; a transformers file, which holds only `class_embed.0`, fills them in tie_weights.
@@ -283,15 +317,10 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             self._tied_weights_keys = {r"bbox_embed.(?![0])\d+": "bbox_embed.0"}
             if not self._separate_class_heads:
                 self._tied_weights_keys[r"class_embed.(?![0])\d+"] = "class_embed.0"
+        # the base model's refinement / proposal heads are the detection heads (transformers' layout)
         if config.with_box_refine:
-            self.model.decoder.bbox_embed = nn.ModuleList(
-                MLP(config.d_model, config.d_model, 4, num_layers=3) for _ in range(num_pred)
-            )
             self._tied_weights_keys["bbox_embed"] = "model.decoder.bbox_embed"
         if config.two_stage:
-            self.model.decoder.class_embed = nn.ModuleList(
-                nn.Linear(config.d_model, config.num_labels) for _ in range(num_pred)
-            )
             self._tied_weights_keys["class_embed"] = "model.decoder.class_embed"
         self.post_init()
 
@@ -315,8 +344,9 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
                     head.bias.copy_(self.class_embed[0].bias)
                 missing_keys -= names
 
+    @can_return_tuple
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
+                output_hidden_states=None):
         """labels: optional list (one per image) of {"class_labels" (T,), "boxes" (T, 4) normalized cxcywh}."""
         outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
         hidden = outputs.intermediate_hidden_states  # (B, layers, Q, C)
@@ -349,11 +379,10 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             criterion = SetCriterion.from_config(self.config, use_focal_loss=True)
             loss, loss_dict = compute_set_loss(criterion, predictions, labels)
 
-        result = DeformableDetrObjectDetectionOutput(
+        return DeformableDetrObjectDetectionOutput(
             loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes,
             auxiliary_outputs=auxiliary_outputs, **outputs,
         )
-        return _return(result, return_dict, self.config)
 
 
 __all__ = ["DeformableDetrForObjectDetection", "DeformableDetrModel", "DeformableDetrPreTrainedModel"]

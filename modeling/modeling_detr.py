@@ -6,21 +6,17 @@ for its own "DetrModel" are not applied to custom-code classes, so identical nam
 our own save/load round trip and the trust_remote_code load all plain state-dict loads.
 """
 
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
-from .backbone import Backbone, ConvEncoder, no_pretrained_backbone_download
 from .configuration_detr import DetrConfig
-from .detr_transformer import Decoder, Encoder, MultiheadAttention
+from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
+from .detr_transformer import Decoder, Encoder
 from .loss import SetCriterion, compute_set_loss
-from .model_card import write_model_card
-from .position_encoding import PositionEmbeddingLearned, build_position_encoding
+from .position_encoding import build_position_encoding
 
 
 @dataclass
@@ -64,100 +60,11 @@ class DetrObjectDetectionOutput(ModelOutput):
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
-class MLP(nn.Module):
-    """Feed-forward head: `num_layers` linears with ReLU in between (the paper's 3-layer box FFN)."""
-
-    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else layer(x).relu()
-        return x
-
-
-def _return(output: ModelOutput, return_dict: bool | None, config):
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return output if return_dict else output.to_tuple()
-
-
-class DetrPreTrainedModel(PreTrainedModel):
+class DetrPreTrainedModel(DetrFamilyPreTrainedModel):
     config_class = DetrConfig
     config: DetrConfig
-    base_model_prefix = "model"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     _no_split_modules = ["ConvEncoder", "EncoderLayer", "DecoderLayer"]
-    # Hub checkpoints carry BatchNorm counters that frozen BatchNorm does not keep
-    _keys_to_ignore_on_load_unexpected = [r"num_batches_tracked"]
     model_card_template = "detr"  # model_cards/<name>.md
-
-    def _initialize_weights(self, module, is_custom_code=False):
-        # For custom code transformers skips modules without parameters of their own (the attention modules,
-        # the detection models), whose _init_weights sets their children (xavier attention, paper head inits).
-        # Every init here goes through transformers.initialization, which leaves loaded weights alone.
-        super()._initialize_weights(module, is_custom_code=False)
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)  # normal(init_std) linears/convs, unit LayerNorms, normal embeddings
-        if isinstance(module, MultiheadAttention):
-            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
-                init.xavier_uniform_(proj.weight, gain=self.config.init_xavier_std)
-                init.zeros_(proj.bias)
-        elif isinstance(module, PositionEmbeddingLearned):
-            init.uniform_(module.row_embeddings.weight)
-            init.uniform_(module.column_embeddings.weight)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        with no_pretrained_backbone_download():  # the checkpoint's weights replace timm's anyway
-            loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
-        # Loading materialises fresh Parameters (requires_grad=True), undoing the freezing done at construction.
-        for module in model.modules():
-            if isinstance(module, Backbone):
-                module.freeze_early_stages(model.config.backbone_trainable_stages)
-        return loaded
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            write_model_card(self, save_directory, self.model_card_template)
-
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token=None, revision: str | None = None, create_pr: bool = False,
-                    max_shard_size="50GB", commit_description: str | None = None, **kwargs):
-        """Upload exactly what `save_pretrained` writes (weights, config, code, model card) in one commit."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
-                commit_description=commit_description,
-                revision=revision,
-                create_pr=create_pr,
-            )
-
-
-def _check_inputs(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, num_channels: int):
-    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4:
-        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}")
-    if pixel_values.shape[1] != num_channels:
-        raise ValueError(f"pixel_values has {pixel_values.shape[1]} channels, the config expects {num_channels}")
-    if pixel_mask is not None and pixel_mask.shape != (pixel_values.shape[0], *pixel_values.shape[2:]):
-        raise ValueError(
-            f"pixel_mask has shape {tuple(pixel_mask.shape)}, expected (batch, height, width) = "
-            f"{(pixel_values.shape[0], *pixel_values.shape[2:])}"
-        )
 
 
 class DetrModel(DetrPreTrainedModel):
@@ -165,10 +72,7 @@ class DetrModel(DetrPreTrainedModel):
 
     def __init__(self, config: DetrConfig):
         super().__init__(config)
-        self.backbone = ConvEncoder(Backbone.from_config(config))
-        # the backbone keeps timm's initialization (or its ImageNet weights): mark it so post_init skips it
-        for module in self.backbone.modules():
-            module._is_hf_initialized = True
+        self.backbone = build_backbone(config)
         self.position_embedding = build_position_encoding(config)
         self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
         self.input_projection = nn.Conv2d(self.backbone.conv_encoder.channels[-1], config.d_model, kernel_size=1)
@@ -176,35 +80,26 @@ class DetrModel(DetrPreTrainedModel):
         self.decoder = Decoder(config)
         self.post_init()
 
-    def freeze_backbone(self):
-        self.backbone.requires_grad_(False)
-
-    def unfreeze_backbone(self):
-        self.backbone.requires_grad_(True)
-
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
     ) -> DetrModelOutput | tuple:
         """pixel_values (B, 3, H, W); pixel_mask (B, H, W), 1 on real pixels and 0 on padding (default: all real)."""
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        _check_inputs(pixel_values, pixel_mask, self.config.num_channels)
-        batch_size, _, height, width = pixel_values.shape
-        if pixel_mask is None:
-            pixel_mask = torch.ones((batch_size, height, width), dtype=torch.bool, device=pixel_values.device)
+        output_attentions, output_hidden_states = output_flags(self.config, output_attentions, output_hidden_states)
+        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
+        batch_size = pixel_values.shape[0]
 
         feature_map, mask = self.backbone(pixel_values, pixel_mask)[-1]  # C5: (B, C, h, w), (B, h, w)
         pos = self.position_embedding(mask, dtype=pixel_values.dtype).flatten(2).transpose(1, 2)  # (B, hw, D)
         src = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # (B, hw, D)
-        # without padding every key is valid: no mask lets SDPA pick its fastest kernel
-        key_padding_mask = None if bool(mask.all()) else mask.flatten(1)
+        # without padding every key is valid: no mask lets SDPA pick its fastest kernel; traced and exported
+        # graphs keep the mask, as the test depends on the data and the graph must serve padded inputs too
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        key_padding_mask = mask.flatten(1) if tracing or not bool(mask.all()) else None
 
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
             src, pos, key_padding_mask, output_attentions, output_hidden_states
@@ -220,7 +115,7 @@ class DetrModel(DetrPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        result = DetrModelOutput(
+        return DetrModelOutput(
             last_hidden_state=output,
             intermediate_hidden_states=intermediate,
             decoder_hidden_states=decoder_hidden_states,
@@ -230,7 +125,6 @@ class DetrModel(DetrPreTrainedModel):
             encoder_hidden_states=encoder_hidden_states,
             encoder_attentions=encoder_attentions,
         )
-        return _return(result, return_dict, self.config)
 
 
 class DetrForObjectDetection(DetrPreTrainedModel):
@@ -247,6 +141,7 @@ class DetrForObjectDetection(DetrPreTrainedModel):
     def _heads(self, hidden_states):
         return self.class_labels_classifier(hidden_states), self.bbox_predictor(hidden_states).sigmoid()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -254,7 +149,6 @@ class DetrForObjectDetection(DetrPreTrainedModel):
         labels: list[dict] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
     ) -> DetrObjectDetectionOutput | tuple:
         outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
         logits, pred_boxes = self._heads(outputs.last_hidden_state)
@@ -268,7 +162,7 @@ class DetrForObjectDetection(DetrPreTrainedModel):
                 predictions["auxiliary_outputs"] = auxiliary_outputs
             loss, loss_dict = compute_set_loss(SetCriterion.from_config(self.config), predictions, labels)
 
-        result = DetrObjectDetectionOutput(
+        return DetrObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,
             logits=logits,
@@ -282,7 +176,6 @@ class DetrForObjectDetection(DetrPreTrainedModel):
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
         )
-        return _return(result, return_dict, self.config)
 
 
 __all__ = [

@@ -34,7 +34,7 @@ def multi_scale_deformable_attention(
     batch_size, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else [tuple(s) for s in spatial_shapes]
-    value_list = value.split([int(h) * int(w) for h, w in shapes], dim=1)
+    value_list = value.split([h * w for h, w in shapes], dim=1)  # no int(): a trace keeps the sizes symbolic
     sampling_grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     sampled = []
     for level, (height, width) in enumerate(shapes):

@@ -1,9 +1,9 @@
-"""detrkit's CPU training dropout: nn.Dropout's distribution and gradient, a bool mask saved."""
+"""The CPU training dropout of the memory savers: nn.Dropout's distribution and gradient, a bool mask saved."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from detrkit.modeling.dropout import Dropout, bernoulli_drop_mask, dropout
+from detrkit.training.memory_savers import MaskDropout as Dropout, bernoulli_drop_mask, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

@@ -1,10 +1,10 @@
-"""The feed-forward block that recomputes its hidden activation: same outputs and gradients as the modules,
+"""The memory savers' feed-forward block that recomputes its hidden activation: same outputs and gradients as the modules,
 less saved, and the plain path wherever recomputation does not apply."""
 import pytest
 import torch
 from torch import nn
 
-from detrkit.modeling.feed_forward import _ReluFeedForward, feed_forward
+from detrkit.training.memory_savers import _ReluFeedForward, feed_forward
 
 
 def modules(seed=0, d=6, hidden=10, dtype=torch.float64):
@@ -23,7 +23,7 @@ def test_matches_the_modules_and_saves_only_the_input():
     x = torch.randn(3, 7, 16, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-        ours = feed_forward(x, fc1, act, drop, fc2, recompute=True)
+        ours = feed_forward(x, fc1, act, drop, fc2)
     # the input and the weights, never the (3, 7, 64) hidden activation
     assert sorted(saved) == sorted([x.shape, fc1.weight.shape, fc1.bias.shape, fc2.weight.shape])
     reference = fc2(act(fc1(x)))
@@ -34,7 +34,7 @@ def test_matches_the_modules_and_saves_only_the_input():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("case", ["gelu", "activation dropout", "no grad", "off", "hooked fc1"])
+@pytest.mark.parametrize("case", ["gelu", "activation dropout", "no grad", "hooked fc1"])
 def test_other_settings_run_the_modules(case):
     fc1, act, drop, fc2 = modules(dtype=torch.float32)
     if case == "gelu":
@@ -46,7 +46,7 @@ def test_other_settings_run_the_modules(case):
         fc1.register_forward_hook(lambda *args: calls.append(1))
     x = torch.randn(2, 6, requires_grad=True)
     with torch.set_grad_enabled(case != "no grad"):
-        out = feed_forward(x, fc1, act, drop, fc2, recompute=case != "off")
+        out = feed_forward(x, fc1, act, drop, fc2)
     assert out.grad_fn is None or "ReluFeedForward" not in type(out.grad_fn).__name__
     assert calls == ([1] if case == "hooked fc1" else [])
 

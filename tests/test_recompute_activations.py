@@ -1,14 +1,21 @@
-"""`recompute_activations`: the layer norm that keeps its output, the projection of a sum that keeps its two
-terms, and the whole model's gradients with the option on and off."""
+"""The memory savers (`detrkit.training.memory_savers`): the layer norm that keeps its output, the projection of a
+sum that keeps its two terms, and a whole model's gradients, outputs and state dict with the savers on and off."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
+from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection, DetrConfig, DetrForObjectDetection
 from detrkit.modeling.deformable_attention import MultiScaleDeformableAttention
-from detrkit.modeling.layer_norm import LayerNorm, _OutputSavingLayerNorm
-from detrkit.modeling.linear_of_sum import _LinearOfSum, linear_of_sum
+from detrkit.training.memory_savers import (
+    OutputSavingLayerNorm,
+    _LinearOfSum,
+    _OutputSavingLayerNorm,
+    apply_memory_savers,
+    linear_of_sum,
+    memory_savers_wanted,
+    remove_memory_savers,
+)
 
 from conftest import padded_batch, random_labels
 
@@ -24,7 +31,7 @@ def saved_storages(fn, *args):
 
 def affine_layer_norm(d=6, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    norm = LayerNorm(d, keep_output_only=True).to(dtype)
+    norm = OutputSavingLayerNorm(d).to(dtype)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5).mul_(torch.tensor([1.0, -1.0]).repeat(d // 2).to(dtype))
         norm.bias.uniform_(-1, 1)
@@ -55,10 +62,9 @@ def test_layer_norm_matches_nn_layer_norm_and_keeps_no_input():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["zero weight", "bias dwarfs weight", "no grad", "bfloat16", "off"])
+@pytest.mark.parametrize("case", ["zero weight", "bias dwarfs weight", "no grad", "bfloat16"])
 def test_layer_norm_falls_back_where_the_output_cannot_give_the_input(case):
     norm = affine_layer_norm(dtype=torch.float32)
-    norm.keep_output_only = case != "off"
     with torch.no_grad():
         if case == "zero weight":
             norm.weight[2] = 0.0
@@ -107,14 +113,16 @@ def test_linear_of_sum_keeps_the_terms_not_the_sum():
         assert linear_of_sum(x, pos, linear.weight, linear.bias).grad_fn is None
 
 
-def test_deformable_attention_calls_hooked_projections_with_the_same_result():
+def test_deformable_attention_stacked_projection_equals_the_plain_one_and_calls_hooked_projections():
     torch.manual_seed(0)
-    attention = MultiScaleDeformableAttention(d_model=16, n_levels=1, n_heads=2, n_points=2,
-                                              recompute_activations=True)
+    attention = MultiScaleDeformableAttention(d_model=16, n_levels=1, n_heads=2, n_points=2)
     shapes, starts = torch.tensor([[3, 4]]), torch.tensor([0])
     query, pos, value = torch.randn(1, 5, 16), torch.randn(1, 5, 16), torch.randn(1, 12, 16)
     reference_points = torch.rand(1, 5, 1, 2)
+    plain, _ = attention(query, reference_points, value, shapes, starts, query_pos=pos)
+    apply_memory_savers(attention)
     fused, _ = attention(query, reference_points, value, shapes, starts, query_pos=pos)  # one stacked matmul
+    torch.testing.assert_close(fused, plain)
     calls = []
     hook = attention.attention_weights.register_forward_hook(lambda *args: calls.append("attention_weights"))
     hooked, _ = attention(query, reference_points, value, shapes, starts, query_pos=pos)
@@ -123,23 +131,80 @@ def test_deformable_attention_calls_hooked_projections_with_the_same_result():
     torch.testing.assert_close(hooked, fused)
 
 
-def test_model_gradients_equal_with_and_without_recomputation():
+def tiny_model(family):
+    common = dict(backbone="resnet18", d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64,
+                  decoder_ffn_dim=64, num_labels=3, dropout=0.0, num_queries=8, encoder_attention_heads=2,
+                  decoder_attention_heads=2)
+    torch.manual_seed(0)
+    if family == "detr":
+        model = DetrForObjectDetection(DetrConfig(**common, auxiliary_loss=True))
+    else:
+        model = DeformableDetrForObjectDetection(DeformableDetrConfig(**common, with_box_refine=True))
+    with torch.no_grad():  # layer norms away from their initial (1, 0), as after training
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model.train()
+
+
+def loss_and_grads(model, pixel_values, pixel_mask, labels):
+    model.zero_grad()
+    loss = model(pixel_values, pixel_mask=pixel_mask, labels=labels).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", ["detr", "deformable"])
+def test_model_same_weights_keys_loss_and_gradients_with_the_savers(family):
     pixel_values, pixel_mask = padded_batch()
     labels = random_labels(2, num_labels=3)
-    grads = []
-    for recompute in (True, False):
-        torch.manual_seed(0)
-        config = DeformableDetrConfig(backbone="resnet18", d_model=32, encoder_layers=2, decoder_layers=2,
-                                      encoder_ffn_dim=64, decoder_ffn_dim=64, num_labels=3, dropout=0.0,
-                                      recompute_activations=recompute)
-        model = DeformableDetrForObjectDetection(config).train()
-        with torch.no_grad():  # layer norms away from their initial (1, 0), as after training
-            for module in model.modules():
-                if isinstance(module, nn.LayerNorm):
-                    module.weight.uniform_(0.5, 1.5)
-                    module.bias.uniform_(-0.5, 0.5)
-        model(pixel_values, pixel_mask=pixel_mask, labels=labels).loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    model = tiny_model(family)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plain_loss, plain_grads = loss_and_grads(model, pixel_values, pixel_mask, labels)
+
+    apply_memory_savers(model)
+    swapped = {type(m).__name__ for m in model.modules()}
+    assert {"MaskDropout", "OutputSavingLayerNorm"} <= swapped
+    assert any(name.startswith("RecomputingFeedForward") for name in swapped)
+    assert (family == "deformable") == any(name.startswith("StackedQueryProjection") for name in swapped)
+    assert model.state_dict().keys() == state.keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    loss, grads = loss_and_grads(model, pixel_values, pixel_mask, labels)
+    torch.testing.assert_close(loss, plain_loss)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+    remove_memory_savers(model)
+    assert not {"MaskDropout", "OutputSavingLayerNorm"} & {type(m).__name__ for m in model.modules()}
+    assert not any("Recomputing" in type(m).__name__ for m in model.modules())
+
+
+def test_the_savers_cut_what_a_training_step_keeps_for_backward():
+    pixel_values, pixel_mask = padded_batch()
+    labels = random_labels(2, num_labels=3)
+    kept = []
+    for savers in (False, True):
+        model = tiny_model("deformable")
+        model.freeze_backbone()  # the transformer's activations, not the CNN's, are what the savers address
+        if savers:
+            apply_memory_savers(model)
+        storages = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(pixel_values, pixel_mask=pixel_mask, labels=labels).loss.backward()
+        kept.append(sum(storages.values()))
+    assert kept[1] < 0.9 * kept[0], kept
+
+
+def test_memory_savers_option():
+    assert memory_savers_wanted("auto", "cpu") and not memory_savers_wanted("auto", "cuda")
+    assert memory_savers_wanted("on", "cuda") and not memory_savers_wanted("off", "cpu")
+    with pytest.raises(ValueError, match="memory_savers must be"):
+        memory_savers_wanted("yes", "cpu")
