@@ -107,6 +107,8 @@ class TrainConfig:
     seed: int = option(42, "random seed (data order, augmentation, initialisation)")
     mixed_precision: str | None = option(None, "'no', 'bf16' or 'fp16' (default: the launcher's, "
                                                "`accelerate launch --mixed_precision`, else 'no')")
+    memory_savers: str = option("auto", "keep less for backward, same results (training/memory_savers.py): "
+                                        "'on', 'off' or 'auto' (on when training on the CPU)")
     num_workers: int = option(2, "DataLoader worker processes per training process")
     eval_every: int | None = option(None, "evaluate every N epochs, 0 = only at the end (default: about 10 "
                                           "evaluations per run)")
@@ -133,7 +135,8 @@ class TrainConfig:
 
 
 CHOICES = {"invalid_records": ("skip", "raise"), "schedule": ("step", "cosine"),
-           "backbone_policy": ("auto", "pretrained", "scratch"), "mixed_precision": ("no", "bf16", "fp16")}
+           "backbone_policy": ("auto", "pretrained", "scratch"), "mixed_precision": ("no", "bf16", "fp16"),
+           "memory_savers": ("auto", "on", "off")}
 AT_LEAST = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "gradient_accumulation_steps": 1,
             "image_size": 1, "max_size": 1, "max_train_samples": 1, "max_eval_samples": 1, "builtin_num_train": 1,
             "builtin_num_val": 1, "lr": 0, "lr_drop_epoch": 0, "num_workers": 0, "eval_every": 0,

@@ -21,6 +21,7 @@ from .distillation import build_distiller
 from .errors import UsageError
 from .evaluation import evaluate, format_table
 from .history import append_record, plot_history, read_history, truncate_history
+from .memory_savers import apply_memory_savers, memory_savers_wanted
 from .model_card import write_model_card
 from .models import load_model
 from .optim import build_optimizer, build_scheduler
@@ -145,6 +146,10 @@ def train(config: TrainConfig) -> dict:
                                 config.weight_decay)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.schedule,
                                 config.lr_drop_epoch * steps_per_epoch, config.lr_gamma, config.warmup_steps)
+    if memory_savers_wanted(config.memory_savers, accelerator.device):
+        apply_memory_savers(model)  # same weights and keys: checkpoints and exports are unaffected
+        accelerator.print("memory savers: on (feed-forward recomputation, output-saving layer norms, bool-mask "
+                          "dropout, stacked query projections)")
     distiller = build_distiller(config.distill_from, model, accelerator.device, accelerator.print)  # MTKD
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler)
