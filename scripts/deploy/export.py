@@ -39,18 +39,23 @@ class DetectionPostProcess(nn.Module):
     def forward(self, logits, pred_boxes, target_sizes):
         """logits (B, Q, C), pred_boxes (B, Q, 4) normalized cxcywh, target_sizes (B, 2) (height, width) ->
         scores (B, K), labels (B, K) int64, boxes (B, K, 4) pixels; K = Q for softmax, min(top_k, Q * C) else."""
+        return self.select(logits, pred_boxes, target_sizes)[:3]
+
+    def select(self, logits, pred_boxes, target_sizes):
+        """forward's outputs plus the query (B, K) each detection comes from."""
         height, width = target_sizes.to(pred_boxes.dtype).unbind(1)
         scale = torch.stack([width, height, width, height], 1)[:, None]
         boxes = box_convert(pred_boxes, "cxcywh", "xyxy") * scale
         if not self.sigmoid:
             scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-            return scores, labels, boxes
+            query = torch.arange(logits.shape[1], device=logits.device).expand(len(logits), -1)
+            return scores, labels, boxes, query
         num_classes = logits.shape[-1]
         prob = logits.sigmoid().flatten(1)  # (B, Q * C)
         scores, index = prob.topk(min(self.top_k, prob.shape[1]), dim=1)
         query = torch.div(index, num_classes, rounding_mode="floor")
         boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
-        return scores, index % num_classes, boxes
+        return scores, index % num_classes, boxes, query
 
 
 class OnnxDetector(nn.Module):
