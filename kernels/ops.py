@@ -13,16 +13,29 @@ their gradients come back in their own dtypes.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .build import load_kernel
 
 
-def reference(*args):
-    # Imported on use: detrkit.modeling imports detrkit.kernels, so importing it here at load time would be
-    # circular (and the model would silently miss the kernels when detrkit.kernels is imported first).
-    from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention
-
-    return multi_scale_deformable_attention(*args)
+def reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """The op in plain PyTorch, for devices and builds without a kernel: bilinear `grid_sample` per level
+    (align_corners=False, zero padding), weighted over levels x points. The model keeps its own copy
+    (modeling/multi_scale_deformable_attention.py, which must run without detrkit installed); this package imports
+    nothing from modeling, and tests/test_kernels_cpu.py holds the two equal."""
+    batch_size, _, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else [tuple(s) for s in spatial_shapes]
+    values = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
+    sampled = []
+    for level, (height, width) in enumerate(shapes):
+        value_l = values[level].flatten(2).transpose(1, 2).reshape(batch_size * num_heads, head_dim, height, width)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B*H, Q, P, 2)
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(batch_size * num_heads, 1, num_queries, num_levels * num_points)
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*H, D, Q)
+    return output.view(batch_size, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
