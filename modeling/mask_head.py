@@ -76,23 +76,23 @@ class MaskHeadSmallConv(nn.Module):
     def forward(self, features: torch.Tensor, attention_maps: torch.Tensor, fpn_features: list[torch.Tensor]):
         """features (B, D, h, w); attention_maps (B, Q, heads, h, w); fpn_features [C4, C3, C2], each (B, C, h', w').
         Returns (B * Q, 1, H/4, W/4) mask logits."""
-        num_queries = attention_maps.shape[1]
-        x = torch.cat([_per_query(features, num_queries), attention_maps.flatten(0, 1)], 1)
-        x = self.gn1(self.lay1(x)).relu()
+        batch_size, num_queries = attention_maps.shape[:2]
+        # lay1 reads [features, attention maps] concatenated per query; split by input channels, the features'
+        # part (D of the D + heads channels) is one convolution per image instead of one per query
+        dim = features.shape[1]
+        x = F.conv2d(features, self.lay1.weight[:, :dim], self.lay1.bias, padding=1)  # (B, D', h, w)
+        x = x[:, None] + F.conv2d(attention_maps.flatten(0, 1), self.lay1.weight[:, dim:], padding=1).unflatten(
+            0, (batch_size, num_queries))
+        x = self.gn1(x.flatten(0, 1)).relu()
         x = self.gn2(self.lay2(x)).relu()
         steps = ((self.adapter1, self.lay3, self.gn3), (self.adapter2, self.lay4, self.gn4),
                  (self.adapter3, self.lay5, self.gn5))
         for (adapter, conv, norm), fpn in zip(steps, fpn_features):
-            # adapt once per image, then repeat for its queries: Q times fewer 1x1 convolutions
-            fpn = _per_query(adapter(fpn), num_queries)
-            x = fpn + F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
+            fpn = adapter(fpn)  # once per image, then added to each of its queries' maps by broadcasting
+            x = F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
+            x = (x.unflatten(0, (batch_size, num_queries)) + fpn[:, None]).flatten(0, 1)
             x = norm(conv(x)).relu()
         return self.out_lay(x)
-
-
-def _per_query(tensor: torch.Tensor, num_queries: int) -> torch.Tensor:
-    """(B, C, h, w) -> (B * Q, C, h, w), each image's map repeated for its Q queries."""
-    return tensor[:, None].expand(-1, num_queries, -1, -1, -1).flatten(0, 1)
 
 
 __all__ = ["MHAttentionMap", "MaskHeadSmallConv"]

@@ -168,12 +168,21 @@ class _SegmentationHead:
         records it, so a saved model reloads the same way. Unfreezing restores the backbone's own stage freezing."""
         self.config.freeze_detector = frozen
         self.detr.requires_grad_(not frozen)
+        self.train(self.training)
         if not frozen:
             self.detr.model.backbone.conv_encoder.freeze_early_stages(self.config.backbone_trainable_stages)
 
     @property
     def detector_frozen(self) -> bool:
         return bool(getattr(self.config, "freeze_detector", False))
+
+    def train(self, mode: bool = True):
+        """A frozen detector stays in eval mode: dropout off, and BatchNorm (when not frozen by the config) keeps
+        its running statistics instead of updating them from the mask head's batches."""
+        super().train(mode)
+        if self.detector_frozen:
+            self.detr.eval()
+        return self
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -202,7 +211,7 @@ class _SegmentationHead:
 
     def _run_detector(self, pixel_values, pixel_mask, labels, output_attentions, output_hidden_states):
         """The detector's forward (its losses when labels are given) and the stage maps kept from it."""
-        frozen = self.detector_frozen and self.training
+        frozen = self.detector_frozen
         with self.stage_tap.recording() as stages, torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             detection = self.detr(pixel_values, pixel_mask, labels=labels, output_attentions=output_attentions,
                                   output_hidden_states=output_hidden_states, return_dict=True)
@@ -242,9 +251,15 @@ class _SegmentationHead:
         super().save_pretrained(save_directory, *args, **kwargs)
 
 
+def _returned_stages(detr) -> list[int]:
+    """Indices (in timm's full feature_info) of the stages the detector's backbone returns."""
+    backbone = detr.model.backbone.conv_encoder
+    return list(getattr(backbone, "out_indices", None) or backbone.model.feature_info.out_indices)
+
+
 def _stage_indices(detr) -> list[int]:
     """Indices (in timm's feature_info) of C2, C3, C4, C5: the three stages before the detector's last one."""
-    last = list(detr.model.backbone.conv_encoder.model.feature_info.out_indices)[-1]
+    last = _returned_stages(detr)[-1]
     if last < 3:
         raise ValueError(f"the mask head needs three backbone stages before the last one (C2-C4 before C5); the "
                          f"detector's last stage is timm stage {last}")
@@ -297,7 +312,7 @@ class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedM
         super().__init__(config)
         self.detr = DeformableDetrForObjectDetection(config)
         stages = _stage_indices(self.detr)
-        out_indices = list(self.detr.model.backbone.conv_encoder.model.feature_info.out_indices)
+        out_indices = _returned_stages(self.detr)
         # the backbone stages that are memory levels, in level order: the last ones returned
         self.level_stages = out_indices[len(out_indices) - min(config.num_feature_levels, len(out_indices)):]
         self.feature_stage = stages[2] if stages[2] in self.level_stages else stages[3]

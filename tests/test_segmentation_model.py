@@ -145,7 +145,9 @@ def test_freeze_detector_trains_only_the_head(tmp_path, kind):
     if kind == "detr":
         detector, segmentation_class = DetrForObjectDetection(DetrConfig(**SEGMENTATION)), DetrForSegmentation
     else:
-        detector = DeformableDetrForObjectDetection(DeformableDetrConfig(**SEGMENTATION))
+        # trainable BatchNorm, as the demo checkpoint: a frozen detector must not update its running statistics
+        detector = DeformableDetrForObjectDetection(DeformableDetrConfig(**SEGMENTATION,
+                                                                          freeze_backbone_batch_norm=False))
         segmentation_class = DeformableDetrForSegmentation
     detector.save_pretrained(tmp_path / "detector")
     model = segmentation_class.from_detector(tmp_path / "detector", freeze_detector=True)
