@@ -46,6 +46,9 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs
 
+from .segmentation_annotations import (
+    SegmentationAnnotationError, coco_instance_masks, coco_panoptic_to_target, pad_masks, resize_masks,
+)
 from .segmentation_postprocessing import (
     post_process_instance_segmentation, post_process_panoptic_segmentation, post_process_semantic_segmentation,
 )
@@ -53,14 +56,18 @@ from .segmentation_postprocessing import (
 EXIF_ORIENTATION = 0x0112
 
 
-class DetrProcessingError(ValueError):
-    """Bad input to a DETR image processor; the message names the image, annotation and field at fault."""
+class DetrProcessingError(SegmentationAnnotationError):
+    """Bad input to a DETR image processor; the message names the image, annotation and field at fault.
+
+    A SegmentationAnnotationError (a ValueError), so one `except` catches bad masks and bad boxes alike."""
 
 
 class DetrImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     format (`str`, *optional*, defaults to `"coco_detection"`):
-        Annotation format; only COCO detection (`{"image_id", "annotations": [{"bbox", "category_id", ...}]}`).
+        Annotation format: `"coco_detection"` (`{"image_id", "annotations": [{"bbox", "category_id", ...}]}`) or
+        `"coco_panoptic"` (`{"image_id", "file_name", "segments_info": [{"id", "category_id", ...}]}` with the
+        PNG under `masks_path`, or the map itself as `"panoptic_map"`).
     do_convert_annotations (`bool`, *optional*, defaults to `True`):
         Turn boxes into normalized (cx, cy, w, h); otherwise they stay absolute (x0, y0, x1, y1) in resized pixels.
     normalize_boxes_to_padded_image (`bool`, *optional*, defaults to `False`):
@@ -184,14 +191,16 @@ def load_images(images, do_convert_rgb: bool = True, device=None) -> list[torch.
 # --------------------------------------------------------------------------------------------- annotations
 
 
-def coco_detection_to_target(annotation, index: int, height: int, width: int) -> dict[str, torch.Tensor]:
+def coco_detection_to_target(annotation, index: int, height: int, width: int,
+                             return_segmentation_masks: bool = False) -> dict[str, torch.Tensor]:
     """One image's COCO detection annotation -> DETR target, boxes absolute (x0, y0, x1, y1) in original pixels.
 
-    Validates every object; drops crowd objects and zero-size boxes; clips boxes to the image.
+    Validates every object; drops crowd objects and zero-size boxes; clips boxes to the image. With
+    `return_segmentation_masks`, `masks` (N, H, W) bool from each object's polygons or RLE.
     """
     if not isinstance(annotation, dict) or "annotations" not in annotation or "image_id" not in annotation:
         found = sorted(annotation) if isinstance(annotation, dict) else type(annotation).__name__
-        hint = " (COCO panoptic annotations are not supported)" if isinstance(annotation, dict) and (
+        hint = " (for COCO panoptic annotations pass format='coco_panoptic')" if isinstance(annotation, dict) and (
             "segments_info" in annotation) else ""
         raise DetrProcessingError(
             f"annotation of image {index}: expected COCO detection format {{'image_id', 'annotations': "
@@ -249,7 +258,7 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int) ->
     boxes[:, 1::2].clamp_(min=0, max=height)
     keep = (torch.tensor(crowd, dtype=torch.int64) == 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     classes = torch.tensor(classes, dtype=torch.int64)[keep]
-    return {
+    target = {
         "image_id": torch.tensor([image_id], dtype=torch.int64),
         "class_labels": classes,
         "boxes": boxes[keep],
@@ -257,15 +266,27 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int) ->
         "iscrowd": torch.zeros_like(classes),
         "orig_size": torch.tensor([height, width], dtype=torch.int64),
     }
+    if return_segmentation_masks:
+        target["masks"] = coco_instance_masks(objects, height, width, f"image {index}")[keep]
+    return target
 
 
 def resize_target(target: dict, orig_size: tuple[int, int], new_size: tuple[int, int]) -> dict:
-    """Scale absolute boxes and areas from orig_size to new_size (both (h, w))."""
+    """Scale absolute boxes and areas (and resample masks) from orig_size to new_size (both (h, w))."""
     ratio_h, ratio_w = new_size[0] / orig_size[0], new_size[1] / orig_size[1]
     target = dict(target, size=torch.tensor(new_size, dtype=torch.int64))
+    if "masks" in target:
+        target["masks"] = resize_masks(target["masks"], new_size)
     target["boxes"] = target["boxes"] * torch.tensor([ratio_w, ratio_h, ratio_w, ratio_h], dtype=torch.float32)
     target["area"] = target["area"] * (ratio_w * ratio_h)
     return target
+
+
+def pad_target_masks(target: dict, padded_size) -> dict:
+    """Masks (if any) zero-padded at the bottom and right to the padded canvas, as the image is."""
+    if "masks" not in target:
+        return target
+    return dict(target, masks=pad_masks(torch.as_tensor(target["masks"]), tuple(padded_size)))
 
 
 def normalize_target_boxes(target: dict) -> dict:
@@ -427,29 +448,46 @@ class DetrImageProcessor(TorchvisionBackend):
             scale, bias = scale / std, -mean / std
         return scale.expand(channels, 1, 1).to(device), bias.expand(channels, 1, 1).to(device)
 
-    def preprocess(self, images, annotations=None, **kwargs) -> BatchFeature:
+    def preprocess(self, images, annotations=None, return_segmentation_masks: bool | None = None,
+                   masks_path: str | os.PathLike | None = None, **kwargs) -> BatchFeature:
         r"""
         Args:
             images: one image or a list (PIL, numpy, torch, path or bytes).
-            annotations (`dict` or `list[dict]`, *optional*): COCO detection annotations, one per image.
+            annotations (`dict` or `list[dict]`, *optional*): COCO annotations (see `format`), one per image.
+            return_segmentation_masks (`bool`, *optional*): add `masks` (N, H, W) bool to the labels, at the
+                processed (resized and padded) size; the default is yes for `format="coco_panoptic"`, no for
+                COCO detection (whose objects then need `segmentation` polygons or RLE).
+            masks_path (`str`, *optional*): the folder of the panoptic PNGs named by the annotations' `file_name`.
             **kwargs: any processor attribute, overriding it for this call (`size`, `do_pad`, `pad_size`,
                 `return_tensors`, ...).
 
         Returns:
             `BatchFeature` with `pixel_values` (B, 3, H, W), `pixel_mask` (B, H, W) when padding and, given
             annotations, `labels`: per image `class_labels`, `boxes` (normalized cx, cy, w, h), `area`, `iscrowd`,
-            `orig_size`, `size` (h, w) and `image_id`.
+            `orig_size`, `size` (h, w) and `image_id` (and `masks`, see above). Panoptic segments keep their
+            `iscrowd` flag and take their boxes from their masks.
         """
-        return super().preprocess(images, annotations, **kwargs)
+        return super().preprocess(images, annotations, return_segmentation_masks, masks_path, **kwargs)
 
-    def _preprocess_image_like_inputs(self, images, annotations=None, **kwargs) -> BatchFeature:
+    def _preprocess_image_like_inputs(self, images, annotations=None, return_segmentation_masks=None,
+                                      masks_path=None, **kwargs) -> BatchFeature:
         images = load_images(images, do_convert_rgb=kwargs.get("do_convert_rgb"), device=kwargs.get("device"))
-        return self._preprocess(images, annotations, **kwargs)
+        return self._preprocess(images, annotations, return_segmentation_masks, masks_path, **kwargs)
+
+    def annotation_to_target(self, annotation, index: int, height: int, width: int, format: str,
+                           return_segmentation_masks: bool | None = None, masks_path=None) -> dict:
+        """One image's annotation -> target in original pixels (boxes absolute x0, y0, x1, y1)."""
+        if format == "coco_panoptic":
+            return coco_panoptic_to_target(annotation, index, height, width, masks_path,
+                                           return_masks=return_segmentation_masks is not False)
+        return coco_detection_to_target(annotation, index, height, width, bool(return_segmentation_masks))
 
     def _preprocess(
         self,
         images: list[torch.Tensor],
         annotations,
+        return_segmentation_masks: bool | None,
+        masks_path,
         do_resize: bool,
         size: SizeDict,
         resample,
@@ -466,8 +504,11 @@ class DetrImageProcessor(TorchvisionBackend):
         return_tensors,
         **kwargs,
     ) -> BatchFeature:
-        if getattr(format, "value", format) != "coco_detection":  # a string or transformers' AnnotationFormat
-            raise DetrProcessingError(f"annotation format {format!r} is not supported; use 'coco_detection'")
+        format = getattr(format, "value", format)  # a string or transformers' AnnotationFormat
+        if format not in ("coco_detection", "coco_panoptic"):
+            raise DetrProcessingError(
+                f"annotation format {format!r} is not supported; use 'coco_detection' or 'coco_panoptic'"
+            )
         targets = None
         if annotations is not None:
             annotations = [annotations] if isinstance(annotations, dict) else list(annotations)
@@ -476,7 +517,8 @@ class DetrImageProcessor(TorchvisionBackend):
                     f"got {len(images)} images but {len(annotations)} annotations; give one annotation per image"
                 )
             targets = [
-                coco_detection_to_target(annotation, index, *image.shape[-2:])
+                self.annotation_to_target(annotation, index, *image.shape[-2:], format, return_segmentation_masks,
+                                        masks_path)
                 for index, (image, annotation) in enumerate(zip(images, annotations))
             ]
 
@@ -500,6 +542,8 @@ class DetrImageProcessor(TorchvisionBackend):
         if do_pad:
             padded_size = (pad_size.height, pad_size.width) if pad_size is not None else None
             data["pixel_values"], data["pixel_mask"] = batch_images(images, padded_size, scale, bias)
+            if targets is not None:
+                targets = [pad_target_masks(target, data["pixel_values"].shape[-2:]) for target in targets]
             if targets is not None and normalize_boxes_to_padded_image:
                 canvas = tuple(data["pixel_values"].shape[-2:])
                 targets = [
@@ -550,6 +594,7 @@ class DetrImageProcessor(TorchvisionBackend):
                 raise DetrProcessingError(f"got {len(images)} images but {len(annotations)} annotations")
             update_bboxes = self.do_convert_annotations if update_bboxes is None else update_bboxes
             canvas = tuple(pixel_values.shape[-2:])
+            annotations = [pad_target_masks(dict(a), canvas) for a in annotations]
             if self.normalize_boxes_to_padded_image:
                 annotations = [
                     target_to_padded_canvas(a, image.shape[-2:], canvas, update_bboxes)

@@ -111,7 +111,8 @@ BAD_ANNOTATIONS = [
     (annotation({"bbox": [1, 2, 3, 4]}), r"annotation 0: no 'category_id'"),
     ({"image_id": 1}, r"annotation of image 0: expected COCO detection format"),
     ({"annotations": []}, r"annotation of image 0: expected COCO detection format"),
-    ({"image_id": 1, "file_name": "x.png", "segments_info": []}, r"COCO panoptic annotations are not supported"),
+    ({"image_id": 1, "file_name": "x.png", "segments_info": []},
+     r"for COCO panoptic annotations pass format='coco_panoptic'"),
     ({"image_id": 1, "annotations": {"bbox": [1, 2, 3, 4]}}, r"image 0: 'annotations' must be a list"),
     ({"image_id": "cat.jpg", "annotations": []}, r"annotation of image 0: 'image_id' must be an integer"),
     ([[box([1, 2, 3, 4])]], r"annotation of image 0: expected COCO detection format"),
@@ -162,8 +163,8 @@ def test_bad_images_are_named(tmp_path, processor):
 
 
 def test_other_bad_arguments(processor):
-    with pytest.raises(DetrProcessingError, match=r"annotation format 'coco_panoptic' is not supported"):
-        processor(image(), format="coco_panoptic")
+    with pytest.raises(DetrProcessingError, match=r"annotation format 'pascal_voc' is not supported"):
+        processor(image(), format="pascal_voc")
     with pytest.raises(DetrProcessingError, match=r"image 1 of size 64x96 .* does not fit pad_size \(64, 64\)"):
         processor([image(40, 40), image()], pad_size={"height": 64, "width": 64})
     with pytest.raises(DetrProcessingError, match=r"different sizes after resizing and do_pad=False"):
