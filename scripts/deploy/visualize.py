@@ -117,16 +117,18 @@ def _deformable_maps(records, inputs, found, pixels) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- the API
 @torch.no_grad()
-def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5, pixels=None) -> dict:
+def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5, pixels=None,
+                   return_outputs: bool = False) -> dict:
     """Detections of one image and what they attend to, as arrays in the coordinates of the processed input.
 
     Returns {"detections": {"scores", "labels", "boxes" (x0, y0, x1, y1 pixels of `image`), "queries"},
     "input_size": (H, W) of the processed input, "pixels": the chosen (x, y) input pixels (default: the centres
-    of the first three detections), and per model:
+    of the first three detections; "detections": of every one), and per model:
       DETR: "decoder_attention" (N, heads, h, w), "decoder_attention_mean" (N, h, w), "encoder_attention"
         (len(pixels), h, w) (heads averaged), "feature_size" (h, w);
       Deformable DETR: "decoder_points" (N, heads, L, P, 2) (x, y) input pixels, "decoder_weights"
-        (N, heads, L, P), "encoder_points", "encoder_weights" (same, for the pixels), "spatial_shapes"}.
+        (N, heads, L, P), "encoder_points", "encoder_weights" (same, for the pixels), "spatial_shapes"};
+    and with `return_outputs` the model's "outputs" (for its masks, when it segments).
     """
     model.eval()
     image = image.convert("RGB")
@@ -135,8 +137,9 @@ def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5,
     with record_sampling(model) if is_deformable(model) else _nothing() as records:
         outputs = model(**inputs, output_attentions=True, return_dict=True)
     found = detections(model, outputs, (image.height, image.width), threshold)
-    if pixels is None:  # centres of the first detections, in input pixels
-        centres = (found["boxes"][:3, :2] + found["boxes"][:3, 2:]) / 2
+    if pixels is None or pixels == "detections":  # centres of the first three (or all) detections, input pixels
+        boxes = found["boxes"] if pixels == "detections" else found["boxes"][:3]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         pixels = [(float(x) * width / image.width, float(y) * height / image.height) for x, y in centres]
         pixels = pixels or [(width / 2, height / 2)]
     result = {"detections": {k: v.numpy() for k, v in found.items()}, "input_size": (height, width),
@@ -145,12 +148,24 @@ def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5,
         result.update(_deformable_maps(records, inputs, found, pixels))
     else:
         result.update(_detr_maps(model, inputs, outputs, found, pixels))
+    if return_outputs:
+        result["outputs"] = outputs
     return result
 
 
 @contextmanager
 def _nothing():
     yield None
+
+
+def one_detection(maps: dict, index: int) -> dict:
+    """`maps` (made with pixels="detections") cut down to detection `index` and the encoder at its centre."""
+    per_detection = ("decoder_attention", "decoder_attention_mean", "decoder_points", "decoder_weights")
+    per_pixel = ("encoder_attention", "encoder_points", "encoder_weights")
+    picked = {**maps, "detections": {k: v[index:index + 1] for k, v in maps["detections"].items()},
+              "pixels": maps["pixels"][index:index + 1]}
+    picked.update({k: maps[k][index:index + 1] for k in per_detection + per_pixel if k in maps})
+    return picked
 
 
 # ------------------------------------------------------------------------------------------------- drawing
