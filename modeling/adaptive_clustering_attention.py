@@ -16,6 +16,8 @@ Where this differs from the official CUDA code, on purpose:
 - padded pixels are clustered apart from real ones and masked as keys (the official code hashes them together).
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -46,14 +48,21 @@ def adaptive_clusters(codes: torch.Tensor, valid: torch.Tensor | None = None) ->
         key = key + (~valid.reshape(rows * n).bool()).long()
     # Fold the rounds into one int64 key per query, (key, code) -> key * span + code, which keeps the order of
     # (row, padding flag, code_1, ..., code_L); re-number the keys densely whenever the next round would overflow.
-    key_max = int(key.max()) + 1
-    for r in range(rounds):
-        span = int(codes[:, r].max()) + 1
-        if key_max * span >= _INT64_LIMIT:
+    spans = (codes.max(0).values + 1).tolist()
+    start, key_max = 0, int(key.max()) + 1
+    while start < rounds:  # as many rounds per step as fit in int64, each step one multiply-add
+        stop, weights = start, []
+        while stop < rounds and key_max * spans[stop] < _INT64_LIMIT:
+            weights = [w * spans[stop] for w in weights] + [1]
+            key_max *= spans[stop]
+            stop += 1
+        if stop == start:  # even one more round would overflow: re-number the keys densely first
             key = torch.unique(key, return_inverse=True)[1]
             key_max = int(key.max()) + 1
-        key = key * span + codes[:, r]
-        key_max *= span
+            continue
+        multiplier = int(math.prod(spans[start:stop]))
+        key = key * multiplier + (codes[:, start:stop] * torch.tensor(weights, device=codes.device)).sum(1)
+        start = stop
     cluster = torch.unique(key, return_inverse=True)[1]  # sorted: row-major over the clusters
     total = int(cluster.max()) + 1
     cluster_row = torch.zeros(total, dtype=torch.long, device=codes.device).scatter_(0, cluster, row_of)
@@ -118,6 +127,7 @@ class AdaptiveClusteringAttention(MultiheadAttention):
         self.bucket_width = float(bucket_width)
         self.seed = seed
         self.num_clusters: torch.Tensor | None = None
+        self._hash_cache = None  # (device, rounds, width) -> hash functions; drawn again when any changes
 
     def hash_functions(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The E2LSH projections a (d_head, L) ~ N(0, 1) and biases b (L,) ~ U(0, r), drawn from `seed` on the CPU
@@ -135,7 +145,10 @@ class AdaptiveClusteringAttention(MultiheadAttention):
     @torch.no_grad()
     def cluster(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, H, N, d) unscaled queries -> (cluster index (B, H, N), num_clusters (B, H))."""
-        projections, bias = self.hash_functions(q.device, torch.float32)
+        if self._hash_cache is None or self._hash_cache[0] != (q.device, self.hash_rounds, self.bucket_width):
+            self._hash_cache = ((q.device, self.hash_rounds, self.bucket_width),
+                                self.hash_functions(q.device, torch.float32))
+        projections, bias = self._hash_cache[1]
         codes = e2lsh_codes(q.float() * self.head_dim**-0.5, projections, bias, self.bucket_width)
         valid = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(-1, q.shape[1], -1)
         return adaptive_clusters(codes, valid)
