@@ -42,20 +42,25 @@ def validate_masks(labels: list[dict]) -> None:
                          "image size (the image processor does)")
 
 
-def mask_losses(pred_masks: torch.Tensor, labels: list[dict], indices, num_boxes: float) -> dict[str, torch.Tensor]:
-    """pred_masks (B, Q, h, w) logits; labels with "masks" (T, H, W); indices: the matcher's
-    [(query indices, target indices)] per image. Returns {"loss_mask" (focal), "loss_dice"}, unweighted."""
-    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-    query_idx = torch.cat([src for src, _ in indices])
-    matched = pred_masks[batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)]  # (N, h, w)
+def matched_predictions(pred_masks: torch.Tensor, indices) -> torch.Tensor:
+    """(B, Q, h, w) mask logits -> (N, h, w) of the matched queries, image by image in the matcher's order."""
+    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(pred_masks.device)
+    query_idx = torch.cat([src for src, _ in indices]).to(pred_masks.device)
+    return pred_masks[batch_idx, query_idx]
+
+
+def mask_losses(matched: torch.Tensor, labels: list[dict], indices, num_boxes: float) -> dict[str, torch.Tensor]:
+    """matched (N, h, w): mask logits of the matched queries (`matched_predictions`); labels with "masks"
+    (T, H, W); indices: the matcher's [(query indices, target indices)] per image. Returns {"loss_mask" (focal),
+    "loss_dice"}, unweighted."""
     targets = torch.cat([t["masks"][tgt.to(t["masks"].device)] for t, (_, tgt) in zip(labels, indices)])
     targets = targets.to(device=matched.device, dtype=matched.dtype)
     if len(matched) == 0:  # no targets in the batch: zero losses that still reach the mask head's graph
-        zero = pred_masks.sum() * 0.0
+        zero = matched.sum() * 0.0
         return {"loss_mask": zero, "loss_dice": zero}
     matched = F.interpolate(matched[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     matched, targets = matched.flatten(1), targets.flatten(1)
     return {"loss_mask": mask_focal_loss(matched, targets, num_boxes), "loss_dice": dice_loss(matched, targets, num_boxes)}
 
 
-__all__ = ["dice_loss", "mask_focal_loss", "mask_losses", "validate_masks"]
+__all__ = ["dice_loss", "mask_focal_loss", "mask_losses", "matched_predictions", "validate_masks"]

@@ -18,6 +18,9 @@ detector's levels (the shipped checkpoints use C3-C5).
 Training (`labels` with "masks"): the detector's set losses as they are, plus sigmoid focal and DICE losses
 on the matched queries' masks (`mask_loss.py`). `config.freeze_detector` (the paper's second step) freezes the
 whole detector and runs it without autograd; only the attention map and the mask head learn.
+`config.train_matched_masks_only` (a training-speed option, off by default): in training with labels the head runs
+for the matched queries only, the only ones the mask losses read; the losses are the same, and `pred_masks` is
+then None.
 """
 
 import contextlib
@@ -33,7 +36,7 @@ from transformers.utils import ModelOutput
 
 from .loss import SetCriterion
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
-from .mask_loss import mask_losses, validate_masks
+from .mask_loss import mask_losses, matched_predictions, validate_masks
 from .modeling_deformable_detr import DeformableDetrForObjectDetection, DeformableDetrPreTrainedModel
 from .modeling_detr import DetrForObjectDetection, DetrPreTrainedModel
 
@@ -223,8 +226,22 @@ class _SegmentationHead:
         masks = self.mask_head(features, attention_maps, fpn_stages)
         return masks.view(queries.shape[0], queries.shape[1], *masks.shape[-2:])
 
-    def _output(self, detection, pred_masks, labels, return_dict):
-        loss, loss_dict = detection.loss, detection.loss_dict
+    def _matched_masks(self, queries, indices, memory, valid, features, fpn_stages):
+        """Masks of the matched queries only, (N, H/4, W/4) in the order of `indices`: the mask losses read no
+        other query, so a training step need not run the head for the rest (Q is 100-300, N the object count)."""
+        counts = [len(src) for src, _ in indices]
+        selected = torch.zeros(len(indices), max(1, *counts), dtype=torch.long, device=queries.device)
+        for image, (src, _) in enumerate(indices):
+            selected[image, :len(src)] = src.to(queries.device)
+        subset = queries.gather(1, selected[..., None].expand(-1, -1, queries.shape[-1]))
+        masks = self._masks(subset, memory, valid, features, fpn_stages)  # (B, max count, h, w)
+        return torch.cat([masks[image, :count] for image, count in enumerate(counts)])
+
+    def _masks_and_output(self, detection, memory, valid, features, fpn_stages, labels, return_dict):
+        """The masks (all queries', or with `train_matched_masks_only` in training the matched ones'), the mask
+        losses when labels are given, and the output."""
+        queries, loss, loss_dict = detection.last_hidden_state, detection.loss, detection.loss_dict
+        pred_masks = indices = None
         if labels is not None:
             validate_masks(labels)
             predictions = {"logits": detection.logits, "pred_boxes": detection.pred_boxes}
@@ -234,7 +251,13 @@ class _SegmentationHead:
             # the detector's criterion matched the same predictions; matching is deterministic
             criterion = SetCriterion.from_config(self.config, use_focal_loss=self.uses_focal_loss)
             indices = criterion.matcher(predictions, targets)
-            terms = mask_losses(pred_masks, labels, indices, _num_boxes(targets, device))
+        if indices is not None and self.training and getattr(self.config, "train_matched_masks_only", False):
+            matched = self._matched_masks(queries, indices, memory, valid, features, fpn_stages)
+        else:
+            pred_masks = self._masks(queries, memory, valid, features, fpn_stages)
+            matched = None if indices is None else matched_predictions(pred_masks, indices)
+        if indices is not None:
+            terms = mask_losses(matched, labels, indices, _num_boxes(targets, device))
             loss_dict = {**loss_dict, **terms}
             loss = (loss + self.config.mask_loss_coefficient * terms["loss_mask"]
                     + self.config.dice_loss_coefficient * terms["loss_dice"])
@@ -295,9 +318,8 @@ class DetrForSegmentation(_SegmentationHead, DetrPreTrainedModel):
         batch_size, height, width = c5.shape[0], *c5.shape[-2:]
         memory = detection.encoder_last_hidden_state.transpose(1, 2).reshape(batch_size, -1, height, width)
         features = self.detr.model.input_projection(c5)  # the encoder's input, as the official head reads it
-        pred_masks = self._masks(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)),
-                                 features, [c4, c3, c2])
-        return self._output(detection, pred_masks, labels, return_dict)
+        return self._masks_and_output(detection, memory, _valid_at(pixel_mask, (height, width)), features,
+                                      [c4, c3, c2], labels, return_dict)
 
 
 class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedModel):
@@ -343,9 +365,8 @@ class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedM
         memory = memory.transpose(1, 2).reshape(batch_size, -1, height, width)
         features = self.detr.model.input_proj[level](stage)  # the level's encoder input, as DETR's head reads
         c2, c3, c4 = stage_maps[:3]
-        pred_masks = self._masks(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)),
-                                 features, [c4, c3, c2])
-        return self._output(detection, pred_masks, labels, return_dict)
+        return self._masks_and_output(detection, memory, _valid_at(pixel_mask, (height, width)), features,
+                                      [c4, c3, c2], labels, return_dict)
 
 
 __all__ = [

@@ -195,3 +195,26 @@ def test_bad_labels_are_named():
 def test_head_size_error_names_the_fields():
     with pytest.raises(ValueError, match="d_model and the number of attention heads"):
         DetrForSegmentation(DetrConfig(**SMALL))  # 32 + 2 heads = 34 channels
+
+
+@pytest.mark.parametrize("kind", ["detr", "deformable"])
+def test_matched_masks_only_gives_the_same_losses_and_gradients(kind):
+    """The training-speed option runs the head for the matched queries only: same losses, same head gradients."""
+    torch.manual_seed(0)
+    config_class, model_class = ((DetrConfig, DetrForSegmentation) if kind == "detr"
+                                 else (DeformableDetrConfig, DeformableDetrForSegmentation))
+    model = model_class(config_class(**SEGMENTATION, dropout=0.0, auxiliary_loss=True)).train()
+    pixel_values, pixel_mask = padded_batch()
+    labels = _labels_with_masks([3, 1])
+    results = []
+    for matched_only in (False, True):
+        model.config.train_matched_masks_only = matched_only
+        model.zero_grad()
+        output = model(pixel_values, pixel_mask, labels=[dict(t) for t in labels])
+        (output.loss_dict["loss_mask"] + output.loss_dict["loss_dice"]).backward()
+        results.append((output, model.mask_head.lay2.weight.grad.clone()))
+    (full, full_grad), (matched, matched_grad) = results
+    assert full.pred_masks is not None and matched.pred_masks is None
+    for name in ("loss_mask", "loss_dice", "loss_ce", "loss_bbox"):
+        torch.testing.assert_close(matched.loss_dict[name], full.loss_dict[name], msg=name)
+    torch.testing.assert_close(matched_grad, full_grad, atol=1e-6, rtol=1e-4)
