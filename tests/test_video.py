@@ -81,3 +81,16 @@ def test_bad_inputs_name_the_problem(model_and_processor, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match="broken.mp4: cannot read the video"):
         predict_video(model, processor, tmp_path / "broken.mp4", tmp_path)
+
+
+def test_predict_command_dispatches_videos(model_and_processor, tmp_path):
+    from detrkit.training.predict import main
+
+    model, processor = model_and_processor
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    write_clip(tmp_path / "clip.mp4")
+    assert main([str(tmp_path / "model"), str(tmp_path / "clip.mp4"), "--output-dir", str(tmp_path / "out"),
+                 "--threshold", str(THRESHOLD)]) in (0, None)
+    frames = json.loads((tmp_path / "out" / "clip.json").read_text())["frames"]
+    assert len(frames) == FRAMES and len(decoded(tmp_path / "out" / "clip.annotated.mp4")) == FRAMES

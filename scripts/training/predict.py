@@ -184,7 +184,11 @@ def predict_command(args) -> dict:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
-    sources, records = data_sources(args) if args.data else (collect_sources(args.inputs), None)
+    from detrkit.deploy.video import is_video, predict_video
+
+    videos = [item for item in args.inputs if is_video(item)]  # annotated video + per-frame JSON each
+    images = [item for item in args.inputs if not is_video(item)]
+    sources, records = data_sources(args) if args.data else (collect_sources(images) if images else [], None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = load_pretrained(args.model, device, trust_remote_code=args.trust_remote_code)
     threshold = args.threshold if args.threshold is not None else score_threshold(model)
@@ -203,8 +207,12 @@ def predict_command(args) -> dict:
             if to_original is not None:
                 coco += coco_results(detections, source.image_id, to_original)
             print(f"{source.name}: {len(results[source.name])} object(s) at score >= {threshold:g}")
-    (out / "predictions.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}/predictions.json" + ("" if args.no_drawings else f" and {len(sources)} PNG(s)"))
+    for video in videos:
+        frames = predict_video(model, processor, video, out, threshold, device, args.batch_size)
+        print(f"{video}: {len(frames)} frame(s); wrote {out}/{Path(video).stem}.annotated.mp4 and .json")
+    if sources:
+        (out / "predictions.json").write_text(json.dumps(results, indent=2))
+        print(f"wrote {out}/predictions.json" + ("" if args.no_drawings else f" and {len(sources)} PNG(s)"))
     if args.save_coco_json:
         Path(args.save_coco_json).write_text(json.dumps(coco))
         print(f"wrote {args.save_coco_json} ({len(coco)} detections, the data's category ids)")
