@@ -198,8 +198,13 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
 def draw_image(name: str, size: int, rng: np.random.Generator, max_overlap: float = 0.15):
     """Draw one image. Returns (HxWx3 uint8 array, list of (category index, visible bool mask))."""
     style = _style(name)
-    scale = size / REFERENCE_SIZE
     img = _background(style, size, rng)
+    return _draw_objects(style, img, size, rng, max_overlap)
+
+
+def _draw_objects(style: _Style, img: np.ndarray, size: int, rng: np.random.Generator, max_overlap: float):
+    """Paint the style's objects onto img (float HxWx3, in place). Returns (uint8 image, [(class, visible mask)])."""
+    scale = size / REFERENCE_SIZE
     placed_boxes, objects = [], []  # objects: [category index, mask]
     for _ in range(rng.integers(style.objects_per_image[0], style.objects_per_image[1] + 1)):
         cls = int(rng.integers(len(style.classes)))
