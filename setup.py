@@ -48,5 +48,13 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.14",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100"]},
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+        # detrkit export / visualize / demo / space, to_supervision, videos in detrkit predict
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "demo": ["gradio>=5"],
+        "supervision": ["supervision>=0.25"],
+        "video": ["av>=12"],
+        "browser-test": ["selenium>=4.10"],  # the demo's browser test (needs Debian's chromium + chromium-driver)
+    },
 )
