@@ -138,3 +138,24 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
 def test_unknown_command(capsys):
     code, _, err = run_cli(capsys, "trian")
     assert code == 2 and "unknown command 'trian'" in err
+
+
+def test_random_backbone_on_user_data_warns_how_to_start_from_imagenet(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--model", "deformable-detr", "--set", TINY, "--data",
+                             tmp_path / "nowhere", "--output-dir", tmp_path / "out")
+    assert code == 2  # the data is missing; the model was looked at first
+    assert "WARNING: deformable-detr starts from a random backbone" in out
+    assert "use_pretrained_backbone=true" in out and "SenseTime/deformable-detr" in out
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py"])
+def test_script_wrappers_run_from_the_scripts_folder(script):
+    """Python puts scripts/ first on the path: no wrapper may hide an installed package (evaluate.py would)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    assert "sys.path" not in path.read_text()
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "usage: detrkit" in result.stdout, result.stderr[-2000:]

@@ -33,7 +33,7 @@ def training_section(config, loaded, data, metrics: dict, history: list[dict], w
     labels = ", ".join(str(v) for v in data.id2label.values())
     return f"""{SECTION}
 
-Trained with detrkit's `scripts/train.py` from `{loaded.source}` on `{config.data}` ({len(data.id2label)} classes:
+Trained with `detrkit train` from `{loaded.source}` on `{config.data}` ({len(data.id2label)} classes:
 {labels}); {len(data.train)} training images, evaluated on the {len(data.eval_records)} images of its
 `{config.eval_split}` split. Backbone: {loaded.backbone_note}.
 
