@@ -17,6 +17,15 @@ SUBPACKAGES = {
     "detrkit.model_cards": "model_cards",  # card templates (data only): detrkit/modeling/../model_cards as in the repo
 }
 
+# detrkit export / visualize / demo / space, to_supervision, videos in detrkit predict
+DEPLOY = {
+    "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+    "demo": ["gradio>=5"],
+    "supervision": ["supervision>=0.25"],
+    "video": ["av>=12"],
+}
+DEPLOY_EXTRAS = [requirement for requirements in DEPLOY.values() for requirement in requirements]
+
 setup(
     name="detrkit",
     version="0.1.0",
@@ -49,12 +58,8 @@ setup(
         "tensorboard>=2.14",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
-        # detrkit export / visualize / demo / space, to_supervision, videos in detrkit predict
-        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
-        "demo": ["gradio>=5"],
-        "supervision": ["supervision>=0.25"],
-        "video": ["av>=12"],
-        "browser-test": ["selenium>=4.10"],  # the demo's browser test (needs Debian's chromium + chromium-driver)
+        # the deploy tests run in CI too (the browser test also needs Debian's chromium + chromium-driver)
+        "test": ["pytest>=8", "hypothesis>=6.100", *DEPLOY_EXTRAS, "selenium>=4.10"],
+        **DEPLOY,
     },
 )
