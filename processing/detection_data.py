@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .record_table import RecordTable, read_table, records_to_table, write_table
+from .record_table import RecordTable, pack_segmentation, read_table, records_to_table, write_table
 
 try:  # a third of the json module's time and memory on a COCO-size file; the standard library does the same job
     import orjson
@@ -148,13 +149,16 @@ class InvalidDatasetError(ValueError):
     """Raised with ``on_error="raise"``; ``problems`` lists every bad record found, not just the first."""
 
     def __init__(self, source: str, problems: list[Problem], num_entries: int):
-        self.problems = problems
+        self.source, self.problems, self.num_entries = source, problems, num_entries
         shown = "\n".join(f"  - {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(
             f"{len(problems)} problem(s) in {source} ({num_entries} images):\n{shown}{more}\n"
             f"Fix the data, or pass on_error='skip' to leave these images out."
         )
+
+    def __reduce__(self):  # pickled whole (from the process that builds the cache), not by its message
+        return type(self), (self.source, self.problems, self.num_entries)
 
 
 @dataclass
@@ -266,7 +270,7 @@ def _annotation(obj: dict, k: int, image_id: int, box: list[float], label: int) 
            "area": float(obj["area"]) if obj.get("area") is not None else box[2] * box[3],
            "iscrowd": int(obj.get("iscrowd") or 0)}
     if obj.get("segmentation") is not None:
-        ann["segmentation"] = encode_json(obj["segmentation"])  # bytes from here on: the Arrow table stores them
+        ann["segmentation"] = pack_segmentation(obj["segmentation"])  # compact from here on, until the table
     return ann
 
 
@@ -362,7 +366,8 @@ def finish(checked: CheckedRecords, on_error: OnError, records: Sequence[Detecti
 
 # --- the on-disk cache -------------------------------------------------------------------------------------------
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+FORK_BUILD_BYTES = 32 * 2 ** 20  # annotation files this large are parsed in a child process (see load_cached)
 MAX_CACHE_FILES = 64  # the oldest are removed beyond this many: every temporary test folder makes a new key
 
 
@@ -421,40 +426,85 @@ def _from_cache(path: Path) -> tuple[RecordTable, CheckedRecords] | None:
                                    meta["layout"])
 
 
+def _metadata(checked: CheckedRecords) -> dict:
+    return {"names": list(checked.categories.names), "original_ids": list(checked.categories.original_ids),
+            "problems": [[p.image_id, p.message] for p in checked.problems], "num_entries": checked.num_entries,
+            "source": checked.source, "layout": checked.layout}
+
+
+def _build_into(build: Callable[[], CheckedRecords], path: Path) -> None:
+    checked = build()
+    write_table(records_to_table(checked.records), path, _metadata(checked))
+
+
+def _child_build(build: Callable[[], CheckedRecords], path: Path, send) -> None:
+    try:
+        _build_into(build, path)
+        send.send(None)
+    except BaseException as err:  # sent back whole: the parent raises it as if it had built the cache itself
+        try:
+            send.send(err)
+        except Exception:  # an exception that does not pickle: its text still says what went wrong
+            send.send(RuntimeError(f"{type(err).__name__}: {err}"))
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK)
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
+def _build_in_child(build: Callable[[], CheckedRecords], path: Path) -> None:
+    """Build the cache in a forked child. Parsing a COCO-size json takes gigabytes of small Python objects that
+    the allocator keeps after they are freed; in a child they end with it, and this process only maps the cache."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_build, args=(build, path, send), name="detrkit-records-cache")
+    child.start()
+    send.close()
+    try:
+        error = receive.recv()
+    except EOFError:  # the child died without a word (killed, out of memory)
+        error = RuntimeError(f"building the records cache {path} failed in a child process "
+                             f"(exit code {child.join() or child.exitcode})")
+    child.join()
+    if error is not None:
+        raise error
+
+
 def load_cached(kind: str, files: Sequence[Path], options: dict, build: Callable[[], CheckedRecords],
                 on_error: OnError, cache_dir=None) -> DetectionData:
-    """Validated records of ``files`` from the cache, or built by ``build`` and cached (memory-mapped)."""
+    """Validated records of ``files`` from the cache, or built by ``build`` and cached, then memory-mapped.
+    Sources of ``FORK_BUILD_BYTES`` or more are built in a forked child process (see :func:`_build_in_child`)."""
     _check_on_error(on_error)
     directory = records_cache_dir(cache_dir)
     path = cache_path(directory, kind, files, options) if directory is not None else None
-    cached = _from_cache(path) if path is not None and path.is_file() else None
+    if path is not None and not path.is_file() and not _writable(directory):
+        logger.warning("cannot write the records cache in %s; keeping the records in memory (set DETRKIT_CACHE)",
+                       directory)
+        path = None
+    if path is not None and not path.is_file():
+        if _can_fork() and sum(f.stat().st_size for f in files if f.is_file()) >= FORK_BUILD_BYTES:
+            _build_in_child(build, path)
+        else:
+            _build_into(build, path)
+        _evict(directory)
+    cached = _from_cache(path) if path is not None else None
     if cached is not None:
         os.utime(path)  # recently used: kept by the eviction
         return finish(cached[1], on_error, cached[0], path)
-    checked = build()
-    table = records_to_table(checked.records)
-    records = RecordTable(table)
-    if path is not None:
-        meta = {"names": list(checked.categories.names), "original_ids": list(checked.categories.original_ids),
-                "problems": [[p.image_id, p.message] for p in checked.problems], "num_entries": checked.num_entries,
-                "source": checked.source, "layout": checked.layout}
-        try:
-            write_table(table, path, meta)
-            _evict(directory)
-            records = RecordTable(read_table(path)[0], path)  # mapped: the built copy is freed
-        except OSError as err:
-            logger.warning("cannot write the records cache %s (%s); keeping the records in memory", path, err)
-            path = None
-    del table
-    checked.records = records
-    return finish(checked, on_error, records, path)
+    checked = build()  # no cache (turned off, not writable or unreadable): in memory
+    checked.records = RecordTable(records_to_table(checked.records))
+    return finish(checked, on_error, checked.records)
 
 
 # --- loaders -----------------------------------------------------------------------------------------------------
-
-def encode_json(obj: Any) -> bytes:
-    return orjson.dumps(obj) if orjson is not None else json.dumps(obj).encode()
-
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a file that is not valid JSON raises ``InvalidDatasetError`` naming it."""

@@ -7,15 +7,18 @@ A :class:`RecordTable` builds each :class:`DetectionRecord` on demand from numpy
 
 Layout: one row per image (``image_id``, ``image`` path, ``width``, ``height``, ``source_row``) and a list column
 ``annotations`` of structs (``id``, ``bbox`` [x, y, w, h] float64, ``category_id`` label, ``area``, ``iscrowd``,
-``segmentation`` as JSON bytes or null). ``source_row`` points into a ``datasets`` image column for records
+``polygons`` (a COCO polygon segmentation as lists of float64 coordinates) or ``segmentation_json`` (any other
+segmentation, e.g. RLE, as JSON bytes)). ``source_row`` points into a ``datasets`` image column for records
 whose pixels live in a ``datasets.Dataset`` (``image`` is then null).
 """
 from __future__ import annotations
 
 import json
 import os
+from array import array
+from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +31,12 @@ except ImportError:  # pragma: no cover
     orjson = None
     _dumps, _loads = (lambda obj: json.dumps(obj).encode()), json.loads
 
-__all__ = ["RecordTable", "SCHEMA", "records_to_table"]
+__all__ = ["PackedSegmentation", "RecordTable", "SCHEMA", "pack_segmentation", "records_to_table"]
 
 ANNOTATION = pa.struct([
     ("id", pa.int64()), ("bbox", pa.list_(pa.float64(), 4)), ("category_id", pa.int32()), ("area", pa.float64()),
-    ("iscrowd", pa.int8()), ("segmentation", pa.large_binary()),
+    ("iscrowd", pa.int8()), ("polygons", pa.list_(pa.large_list(pa.float64()))),
+    ("segmentation_json", pa.large_binary()),
 ])
 SCHEMA = pa.schema([
     ("image_id", pa.int64()), ("image", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
@@ -40,11 +44,51 @@ SCHEMA = pa.schema([
 ])
 
 
-def _encoded(segmentation) -> bytes | None:
-    """JSON bytes of a segmentation (loaders encode while checking, to free the parsed lists early)."""
-    if segmentation is None or isinstance(segmentation, bytes):
-        return segmentation
-    return _dumps(segmentation)
+class PackedSegmentation(NamedTuple):
+    """A segmentation held compactly while records are checked: polygons as one array of doubles and their
+    lengths (a few hundred bytes instead of tens of Python floats), or anything else as JSON bytes."""
+
+    coords: array | None
+    lengths: tuple[int, ...]
+    json: bytes | None
+
+
+def pack_segmentation(segmentation: Any) -> PackedSegmentation:
+    if type(segmentation) is list:  # COCO polygons: [[x1, y1, x2, y2, ...], ...]
+        coords = array("d")
+        try:
+            for polygon in segmentation:
+                coords += array("d", polygon)  # array's list constructor is far faster than extend()
+            return PackedSegmentation(coords, tuple(map(len, segmentation)), None)
+        except TypeError:  # not lists of numbers: kept as they are, for whoever reads them to judge
+            pass
+    return PackedSegmentation(None, (), _dumps(segmentation))
+
+
+def _offsets(lengths: list[int], dtype) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, dtype=dtype)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.array(offsets)
+
+
+def _segmentation_arrays(anns: list[dict]) -> tuple[pa.Array, pa.Array]:
+    """(polygons, segmentation_json) columns of the annotations."""
+    parts, polygon_lengths, counts, has_polygons, other = [], [], [], [], []
+    for ann in anns:
+        segmentation = ann.get("segmentation")
+        if segmentation is not None and not isinstance(segmentation, PackedSegmentation):
+            segmentation = pack_segmentation(segmentation)
+        polygons = segmentation is not None and segmentation.coords is not None
+        if polygons:
+            parts.append(segmentation.coords)
+            polygon_lengths.extend(segmentation.lengths)
+        counts.append(len(segmentation.lengths) if polygons else 0)
+        has_polygons.append(polygons)
+        other.append(None if segmentation is None or polygons else segmentation.json)
+    values = pa.array(np.frombuffer(b"".join(parts), dtype=np.float64))
+    inner = pa.LargeListArray.from_arrays(_offsets(polygon_lengths, np.int64), values)
+    mask = pa.array(~np.asarray(has_polygons, dtype=bool))
+    return pa.ListArray.from_arrays(_offsets(counts, np.int32), inner, mask=mask), pa.array(other, pa.large_binary())
 
 
 def records_to_table(records: Sequence, source_rows: Sequence[int] | None = None) -> pa.Table:
@@ -52,14 +96,14 @@ def records_to_table(records: Sequence, source_rows: Sequence[int] | None = None
     anns = [a for r in records for a in r.annotations]
     offsets = np.zeros(len(records) + 1, dtype=np.int32)
     np.cumsum([len(r.annotations) for r in records], out=offsets[1:])
-    segmentation = [_encoded(a.get("segmentation")) for a in anns]
+    polygons, segmentation_json = _segmentation_arrays(anns)
     struct = pa.StructArray.from_arrays([
         pa.array([int(a["id"]) for a in anns], pa.int64()),
         pa.FixedSizeListArray.from_arrays(pa.array(np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1)), 4),
         pa.array([a["category_id"] for a in anns], pa.int32()),
         pa.array([float(a["area"]) for a in anns], pa.float64()),
         pa.array([a["iscrowd"] for a in anns], pa.int8()),
-        pa.array(segmentation, pa.large_binary()),
+        polygons, segmentation_json,
     ], fields=list(ANNOTATION))
     columns = [
         pa.array([r.image_id for r in records], pa.int64()),
@@ -117,7 +161,12 @@ class RecordTable(Sequence):
         self._category = fields.field("category_id").to_numpy()
         self._area = fields.field("area").to_numpy()
         self._iscrowd = fields.field("iscrowd").to_numpy()
-        self._segmentation = fields.field("segmentation")
+        polygons = fields.field("polygons")
+        self._has_polygons = polygons.is_valid().to_numpy(zero_copy_only=False)
+        self._polygon_offsets = polygons.offsets.to_numpy()
+        self._coord_offsets = polygons.values.offsets.to_numpy()
+        self._coords = polygons.values.values.to_numpy()
+        self._segmentation_json = fields.field("segmentation_json")
 
     @property
     def table(self) -> pa.Table:
@@ -154,12 +203,19 @@ class RecordTable(Sequence):
                    "category_id": int(self._category[j]), "area": float(self._area[j]),
                    "iscrowd": int(self._iscrowd[j])}
             if segmentation:
-                raw = self._segmentation[j].as_py()
-                if raw is not None:
-                    ann["segmentation"] = _loads(raw)
+                value = self._segmentation(j)
+                if value is not None:
+                    ann["segmentation"] = value
             annotations.append(ann)
         return DetectionRecord(image_id, self.image_ref(row), int(self._widths[row]), int(self._heights[row]),
                                annotations)
+
+    def _segmentation(self, j: int):
+        if self._has_polygons[j]:
+            first, last = self._polygon_offsets[j], self._polygon_offsets[j + 1]
+            return [self._coords[self._coord_offsets[k]:self._coord_offsets[k + 1]].tolist() for k in range(first, last)]
+        raw = self._segmentation_json[j].as_py()
+        return None if raw is None else _loads(raw)
 
     def __getstate__(self):
         rows = self._rows

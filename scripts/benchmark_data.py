@@ -135,14 +135,17 @@ def stage_load(root: Path) -> dict:
 
     gc.collect()
     before = memory(os.getpid())["rss"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = load_detection_data(root, "train2017", on_error="raise")
     seconds = time.perf_counter() - start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process that parsed, if the loader forked one
+    cpu_seconds = time.process_time() - cpu + children.ru_utime + children.ru_stime
     gc.collect()
     after = memory(os.getpid())["rss"]
     boxes = int(data.records.table.column("annotations").combine_chunks().value_lengths().to_numpy().sum())
-    return {"seconds": seconds, "records_resident_mb": after - before, "images": len(data), "boxes": boxes,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "records_resident_mb": after - before,
+            "images": len(data), "boxes": boxes,
+            "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children.ru_maxrss) / 1024,
             "cache_mb": data.cache_file.stat().st_size / 2 ** 20 if data.cache_file else None}
 
 
@@ -204,9 +207,9 @@ def report(first: dict, second: dict, passes: list[dict], generated_s: float, js
 
     lines = [f"generated: {first['images']} images, {first['boxes']} boxes, json {json_mb:.0f} MB in "
              f"{generated_s:.1f} s; Arrow cache {first['cache_mb']:.0f} MB",
-             f"first load:  {first['seconds']:6.1f} s (goal <= {GOALS['first_load_s']:.0f} s: "
-             f"{verdict(first['seconds'], GOALS['first_load_s'])}), peak RSS of the process "
-             f"{first['peak_rss_mb']:.0f} MB",
+             f"first load:  {first['seconds']:6.1f} s, {first['cpu_seconds']:.1f} s of CPU (goal <= "
+             f"{GOALS['first_load_s']:.0f} s: {verdict(first['seconds'], GOALS['first_load_s'])}), peak RSS "
+             f"{first['peak_rss_mb']:.0f} MB (the parsing process, imports included)",
              f"cached load: {second['seconds']:6.2f} s (goal <= {GOALS['cached_load_s']:.0f} s: "
              f"{verdict(second['seconds'], GOALS['cached_load_s'])}), "
              f"{first['seconds'] / max(second['seconds'], 1e-9):.0f}x faster",
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=COCO_TRAIN2017[0])
     parser.add_argument("--num-boxes", type=int, default=None,
                         help="default: COCO train2017's 7.27 boxes per image (860,001 for 118,287 images)")
-    parser.add_argument("--points", type=int, default=26, help="polygon vertices per box (json ~450 MB at COCO size)")
+    parser.add_argument("--points", type=int, default=30, help="polygon vertices per box (json ~450 MB at COCO size)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--records", choices=("arrow", "list", "both"), default="arrow",

@@ -166,3 +166,47 @@ def test_data_check_through_the_console_script(shapes, tmp_path):
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "split val (coco)" in result.stdout and "problems: none" in result.stdout
+
+
+def test_large_sources_are_built_in_a_child_process(shapes, monkeypatch, tmp_path):
+    monkeypatch.setattr(detection_data, "FORK_BUILD_BYTES", 0)
+    log = tmp_path / "built-in-pids"
+    original = detection_data._check_coco
+
+    def spy(*args):
+        with open(log, "a") as out:  # a file: the child's memory is not this process's
+            out.write(f"{os.getpid()}\n")
+        return original(*args)
+
+    monkeypatch.setattr(detection_data, "_check_coco", spy)
+    data = load_detection_data(shapes.root, split="val")
+    pids = log.read_text().split()
+    assert len(pids) == 1 and int(pids[0]) != os.getpid()  # parsed once, by another process
+    assert data.cache_file.is_file() and len(data) == 4
+    # errors found in the child are raised here, whole
+    image_dir, json_file = shapes.splits["train"]
+    (image_dir / "000001.png").write_bytes(b"not an image")
+    with pytest.raises(detection_data.InvalidDatasetError) as raised:
+        load_coco(json_file, image_dir)
+    assert [p.image_id for p in raised.value.problems] == [1] and "cannot decode image" in str(raised.value)
+    json_file.write_text("{broken")
+    with pytest.raises(detection_data.InvalidDatasetError, match="cannot read the annotation file"):
+        load_coco(json_file, image_dir)
+
+
+def test_segmentations_survive_the_table(shapes):
+    image_dir, json_file = shapes.splits["train"]
+    coco = json.loads(json_file.read_text())
+    polygons = [[1.5, 2.25, 10.0, 2.0, 10.0, 12.125], [20, 20, 30, 20, 25, 28]]  # ints stay equal as floats
+    rle = {"size": [48, 48], "counts": "PPYo05M3N2O1O0O2N2N"}  # compressed RLE: kept as JSON
+    coco["annotations"][0]["segmentation"] = polygons
+    coco["annotations"][1]["segmentation"] = rle
+    coco["annotations"][1]["iscrowd"] = 1
+    coco["annotations"][2].pop("segmentation", None)
+    json_file.write_text(json.dumps(coco))
+    data = load_coco(json_file, image_dir)
+    by_id = {a["id"]: a for r in data for a in r.annotations}
+    assert by_id[coco["annotations"][0]["id"]]["segmentation"] == polygons
+    assert by_id[coco["annotations"][1]["id"]]["segmentation"] == rle
+    assert "segmentation" not in by_id[coco["annotations"][2]["id"]]
+    assert not data.records.get(0, segmentation=False).annotations[0].get("segmentation")
