@@ -95,8 +95,8 @@ def load_data(config: TrainConfig, processor, log=print) -> TrainingData:
     transforms = train_transforms(config)
     # Without augmentation the processor resizes training images as it does at evaluation.
     train = DetectionDataset(train_records, processor, transforms)
-    log(f"data: {len(train_records)} train / {len(eval_records)} eval images, {len(train_records.categories)} "
-        f"classes: {', '.join(train_records.categories.names)}")
+    log(f"data: {len(train_records)} train / {len(eval_records)} eval images ({train_records.layout} layout), "
+        f"{len(train_records.categories)} classes: {', '.join(train_records.categories.names)}")
     return TrainingData(train, DetectionDataset(eval_records, processor), eval_records,
                         train_records.id2label, DetectionCollator(processor))
 
