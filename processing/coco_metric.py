@@ -23,7 +23,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["CocoDetectionMetric", "CocoEvaluator", "coco_evaluate", "STAT_NAMES"]
+__all__ = ["CocoDetectionMetric", "CocoEvaluator", "coco_evaluate", "coco_mask_evaluate", "instance_segments_to_coco",
+           "STAT_NAMES"]
 
 # The order of COCOeval.stats for iouType="bbox".
 STAT_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -209,3 +210,62 @@ class CocoDetectionMetric(evaluate.Metric):
             id2label = {int(k): v for k, v in id2label.items()}
         references = [{k: v for k, v in r.items() if v is not None} for r in references]
         return coco_evaluate(predictions, references, id2label, per_class)
+
+
+# ------------------------------------------------------------------------------------------------ mask AP
+
+
+def instance_segments_to_coco(image_id: int, result: dict) -> list[dict]:
+    """A `post_process_instance_segmentation` result (segment-id map at the original size + segments_info with
+    label_id and score) -> COCO results, one compressed-RLE mask per segment, category = label_id."""
+    from pycocotools import mask as mask_utils
+
+    segmentation = np.asarray(_as_list(result["segmentation"]))
+    detections = []
+    for segment in result["segments_info"]:
+        mask = np.asfortranarray((segmentation == segment["id"]).astype(np.uint8))
+        if not mask.any():
+            continue
+        detections.append({"image_id": int(image_id), "category_id": int(segment["label_id"]),
+                           "segmentation": mask_utils.encode(mask), "score": float(segment["score"])})
+    return detections
+
+
+def coco_mask_evaluate(records, predictions: dict, id2label: dict[int, str]) -> dict[str, float]:
+    """COCO mask AP (COCOeval, iouType "segm") of instance predictions.
+
+    records: objects with `image_id`, `width`, `height` and COCO `annotations` in label space (`category_id`,
+    `segmentation` as polygons or RLE, `bbox`, `area`?, `iscrowd`?), e.g. detrkit's DetectionRecords.
+    predictions: image_id -> a `post_process_instance_segmentation` result at the original size.
+    Returns COCOeval's 12 stats under STAT_NAMES (-1 where an area range has no ground truth).
+    """
+    images, gt_annotations, detections = [], [], []
+    for record in records:
+        if record.image_id not in predictions:
+            raise ValueError(f"image {record.image_id}: no prediction")
+        images.append({"id": int(record.image_id), "width": int(record.width), "height": int(record.height)})
+        for k, ann in enumerate(record.annotations):
+            if "segmentation" not in ann:
+                raise ValueError(f"image {record.image_id}, annotation {k}: no 'segmentation' for mask AP")
+            x, y, w, h = (float(v) for v in _as_list(ann["bbox"]))
+            gt_annotations.append({"id": len(gt_annotations) + 1, "image_id": int(record.image_id),
+                                   "category_id": int(ann["category_id"]), "segmentation": ann["segmentation"],
+                                   "bbox": [x, y, w, h], "area": float(ann.get("area") or w * h),
+                                   "iscrowd": int(ann.get("iscrowd") or 0)})
+        detections += instance_segments_to_coco(record.image_id, predictions[record.image_id])
+    categories = [{"id": int(i), "name": str(name)} for i, name in sorted(id2label.items())]
+    coco_gt = COCO()
+    coco_gt.dataset = {"images": images, "annotations": gt_annotations, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+        if detections:
+            coco_dt = coco_gt.loadRes(detections)
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": images, "annotations": [], "categories": categories}
+            coco_dt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="segm")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}

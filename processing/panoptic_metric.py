@@ -25,7 +25,7 @@ from .segmentation_annotations import SegmentationAnnotationError, read_panoptic
 VOID = 0
 OFFSET = 256 * 256 * 256  # ids are below 256^3 (three 8-bit channels), so gt * OFFSET + pred is a unique pair key
 
-__all__ = ["PanopticQuality", "pq_compute", "panoptic_prediction"]
+__all__ = ["PanopticQuality", "panoptic_quality", "pq_compute", "panoptic_prediction"]
 
 
 class PanopticQuality:
@@ -178,6 +178,16 @@ def panoptic_prediction(result: dict, label_to_category=None) -> tuple[np.ndarra
                                               "category_id": int(to_category(int(info["label_id"])))})
     present = set(np.unique(ids).tolist())
     return ids, [s for i, s in segments.items() if i in present]
+
+
+def panoptic_quality(pairs, categories: list[dict]) -> dict:
+    """PQ of (ground truth, prediction) pairs, each `{"segmentation": (H, W) ids, "segments_info"}`: ground-truth
+    segments with `category_id` (and `iscrowd`, `area` optional), predicted ones with `category_id`."""
+    metric = PanopticQuality(categories)
+    for index, (gt, pred) in enumerate(pairs):
+        metric.update(gt["segmentation"], gt["segments_info"], pred["segmentation"], pred["segments_info"],
+                      image_id=gt.get("image_id", index))
+    return metric.compute()
 
 
 def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None) -> dict:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchmetrics.detection import PanopticQuality as TorchmetricsPanopticQuality
 
-from detrkit.processing.panoptic_metric import PanopticQuality, panoptic_prediction, pq_compute
+from detrkit.processing.panoptic_metric import PanopticQuality, panoptic_prediction, panoptic_quality, pq_compute
 from detrkit.processing.segmentation_annotations import SegmentationAnnotationError, id_to_rgb
 
 CATEGORIES = [{"id": 1, "isthing": 1, "name": "a"}, {"id": 2, "isthing": 1, "name": "b"},
@@ -47,6 +47,10 @@ def test_hand_computed_case():
     assert result["Things"] == pytest.approx({"pq": 0.4, "sq": 0.4, "rq": 0.5, "n": 2})
     assert result["Stuff"] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0, "n": 1})
     assert result["All"] == pytest.approx({"pq": 1.4 / 3, "sq": 1.4 / 3, "rq": 2 / 3, "n": 3})
+    gt, gt_segments, pred, pred_segments = hand_case()
+    pairs = [({"segmentation": torch.from_numpy(gt), "segments_info": gt_segments},
+              {"segmentation": torch.from_numpy(pred), "segments_info": pred_segments})]
+    assert panoptic_quality(pairs, CATEGORIES) == result
 
 
 def test_crowd_and_counts_accumulate_over_images():
