@@ -41,15 +41,18 @@ def _backbone(name):
 
 
 def _randomize(state_dict, seed):
-    """Random values everywhere (positive variances), so no key can pass for another."""
+    """Random values everywhere (positive variances), so no key can pass for another; weights scaled by their
+    fan-in and BatchNorm near identity so activations stay O(1) through the network."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key, value in state_dict.items():
         noise = torch.randn(value.shape, generator=generator)
         if key.endswith("running_var"):
-            out[key] = noise.abs() + 0.5
+            out[key] = 1 + 0.2 * noise.abs()
         elif value.ndim == 1 and ("norm" in key or ".bn" in key or "downsample.1" in key):
             out[key] = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
+        elif value.ndim >= 2:
+            out[key] = noise * (1.4 / value[0].numel()) ** 0.5
         else:
             out[key] = 0.1 * noise
     return out
