@@ -12,6 +12,7 @@ from collections import Counter
 
 from detrkit.processing.data_layouts import ANY_SPLIT, discover_splits, find_split, open_source
 from detrkit.processing.detection_data import DetectionData
+from detrkit.processing.record_table import RecordTable
 
 from .errors import run_command
 
@@ -33,25 +34,24 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def size_counts(data: DetectionData) -> Counter:
-    counts = Counter()
-    for record in data:
-        for ann in record.annotations:
-            area = ann["area"]
-            counts["small" if area < SMALL_AREA else "medium" if area < LARGE_AREA else "large"] += 1
-    return counts
+def records_without_segmentation(data: DetectionData):
+    """The records, without decoding polygons (nothing here reads them)."""
+    if isinstance(data.records, RecordTable):
+        return (data.records.get(i, segmentation=False) for i in range(len(data.records)))
+    return iter(data.records)
 
 
 def summary(data: DetectionData, split: str, where: str) -> list[str]:
     """The report lines of one split."""
-    per_class, crowd, empty = Counter(), 0, 0
-    for record in data:
+    per_class, sizes, crowd, empty = Counter(), Counter(), 0, 0
+    for record in records_without_segmentation(data):
         empty += not record.annotations
         for ann in record.annotations:
             per_class[ann["category_id"]] += 1
             crowd += ann["iscrowd"]
+            area = ann["area"]
+            sizes["small" if area < SMALL_AREA else "medium" if area < LARGE_AREA else "large"] += 1
     boxes = sum(per_class.values())
-    sizes = size_counts(data)
     cats = data.categories
     width = max((len(n) for n in cats.names), default=4)
     lines = [f"split {split} ({data.layout}): {where}",
