@@ -92,6 +92,16 @@ def _create_features(name: str, dilation: bool, **kwargs) -> nn.Module:
         raise
 
 
+def _pad_to_multiple(pixel_values: torch.Tensor, pixel_mask: torch.Tensor, multiple: int):
+    """Zero-pad images bottom-right to a multiple of `multiple`, the padding marked False in the mask."""
+    height, width = pixel_values.shape[-2:]
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    if not (pad_bottom or pad_right):
+        return pixel_values, pixel_mask
+    return (F.pad(pixel_values, (0, pad_right, 0, pad_bottom)),
+            F.pad(pixel_mask, (0, pad_right, 0, pad_bottom), value=False))
+
+
 def _nominal_reductions(reductions: list[int]) -> list[int]:
     """Strides as the undilated network has them: a dilated stage repeats its predecessor's stride, which
     doubles in a hierarchical backbone."""
@@ -191,10 +201,21 @@ class Backbone(nn.Module):
             for parameter in self.model.get_submodule(name).parameters(recurse=False):
                 parameter.requires_grad_(False)
 
+    def after_loading(self, trainable_stages: int):
+        """What a checkpoint load undoes: loading materialises fresh Parameters (requires_grad=True) and leaves
+        buffers that are not saved (e.g. Swin's relative position index) uninitialised; timm rebuilds those."""
+        for module in self.model.modules():
+            if callable(getattr(module, "init_non_persistent_buffers", None)):
+                module.init_non_persistent_buffers()
+        self.freeze_early_stages(trainable_stages)
+
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if pixel_values.device.type == "cpu" and not self.channels_last_output:
             # oneDNN convolutions run faster on NHWC activations
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        if self.channels_last_output:
+            # patch embeddings need whole patches: pad bottom-right to the deepest stride, as padding pixels
+            pixel_values, pixel_mask = _pad_to_multiple(pixel_values, pixel_mask, max(self.strides))
         features = self.model(pixel_values)
         features = [features[i] for i in self.selected]
         if self.channels_last_output:

@@ -107,10 +107,9 @@ class DetrFamilyPreTrainedModel(PreTrainedModel):
         with no_pretrained_backbone_download():  # the checkpoint's weights replace timm's anyway
             loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info
-        # Loading materialises fresh Parameters (requires_grad=True), undoing the freezing done at construction.
         for module in model.modules():
             if isinstance(module, Backbone):
-                module.freeze_early_stages(model.config.backbone_trainable_stages)
+                module.after_loading(model.config.backbone_trainable_stages)
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
