@@ -2,7 +2,6 @@
 early stages frozen, and the pixel mask carried to each returned stage."""
 
 import contextlib
-from collections.abc import Callable
 
 import timm
 import torch
@@ -59,19 +58,10 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-# Backbones timm does not name (e.g. a DCN variant): name -> callable taking timm.create_model's arguments and
-# returning a features_only-style module (a `feature_info` and a list of feature maps).
-BACKBONE_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
-    BACKBONE_BUILDERS[name] = builder
-
-
 def _create_features(name: str, dilation: bool, **kwargs) -> nn.Module:
     """timm's features_only model; hierarchical transformers get `dynamic_img_size` (any input size), and a
     family that cannot dilate its last stage (DC5) is refused by name."""
-    create = BACKBONE_BUILDERS.get(name, timm.create_model)
+    create = timm.create_model  # also any model registered with timm (e.g. deformable_convolution.py's)
     if dilation:
         kwargs["output_stride"] = 16
     try:

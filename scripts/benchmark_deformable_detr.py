@@ -6,6 +6,11 @@ Random weights, fp32, a 1x3x800x1066 image (the paper's evaluation size for a 4:
 
     python scripts/benchmark_deformable_detr.py                 # detrkit with and without its kernels
     python scripts/benchmark_deformable_detr.py --variant two-stage --repeats 2
+    python scripts/benchmark_deformable_detr.py --modes train --kernels on --activation-checkpointing
+
+detrkit's train step runs with its memory savers on, as `detrkit train` does on the CPU (`--memory-savers off`
+measures the plain modules). `--activation-checkpointing` turns on transformers' activation checkpointing of the
+encoder and decoder layers in both implementations.
 """
 
 import argparse
@@ -26,7 +31,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 
-implementation, mode, variant, threads, repeats, height, width = sys.argv[1:8]
+implementation, mode, variant, threads, repeats, height, width, savers, checkpointing = sys.argv[1:10]
 torch.set_num_threads(int(threads))
 kwargs = dict(json.loads(variant), auxiliary_loss=True, num_labels=91)
 torch.manual_seed(0)
@@ -36,6 +41,11 @@ if implementation == "transformers":
 else:
     from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
     model = DeformableDetrForObjectDetection(DeformableDetrConfig(**kwargs))
+    if mode == "train" and savers == "on":
+        from detrkit.training.memory_savers import apply_memory_savers
+        apply_memory_savers(model)
+if checkpointing == "on":
+    model.activation_checkpointing_enable()
 pixel_values = torch.randn(1, 3, int(height), int(width))
 labels = [{"class_labels": torch.tensor([1, 17, 42]),
            "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.2, 0.3, 0.1, 0.2], [0.7, 0.6, 0.2, 0.5]])}]
@@ -64,7 +74,8 @@ def run_case(implementation, mode, args, disable_kernels=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env["DETRKIT_DISABLE_KERNELS"] = "1" if disable_kernels else "0"
     command = [sys.executable, "-c", CHILD, implementation, mode, json.dumps(VARIANTS[args.variant]),
-               str(args.threads), str(args.repeats), str(args.height), str(args.width)]
+               str(args.threads), str(args.repeats), str(args.height), str(args.width), args.memory_savers,
+               "on" if args.activation_checkpointing else "off"]
     # run outside the checkout: its top-level kernels/ folder would shadow the `kernels` package transformers
     # probes for
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
@@ -80,6 +91,10 @@ def main():
     parser.add_argument("--modes", nargs="+", choices=["forward", "train"], default=["forward", "train"])
     parser.add_argument("--kernels", choices=["both", "on", "off"], default="both",
                         help="detrkit with its compiled MSDA kernel, with the PyTorch reference, or both")
+    parser.add_argument("--memory-savers", choices=["on", "off"], default="on",
+                        help="detrkit's train step with detrkit.training.memory_savers (the CPU training default)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="transformers' activation checkpointing of the encoder and decoder layers (both sides)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--height", type=int, default=800)
