@@ -6,6 +6,11 @@ with batch, height and width dynamic, and returns `logits` and `pred_boxes` as t
 (x0, y0, x1, y1 in pixels of target_sizes), as the image processor's `post_process_object_detection` computes them
 before its threshold: each query's best class for DETR (softmax, "no object" dropped), the top-k (query, class)
 pairs for Deformable DETR (sigmoid). Thresholding is left to the caller, so the output shapes stay fixed.
+Segmentation models (DetrForSegmentation, DeformableDetrForSegmentation) add `pred_masks` (B, Q, H/4, W/4) mask
+logits, and with `--postprocess` `masks` (B, K, H, W): each detection's mask probability at the input's (padded)
+size, to be cropped to the image and resized to its original size by the caller (as `target_sizes` does for boxes).
+ACT's encoder (encoder_attention_type "act") is refused: its cluster count is decided in Python from the image's
+hash codes, which a traced graph would freeze to the example's.
 
 Exporter: torch.onnx's TorchScript-trace path (`dynamo=False`). torch.export (the default, dynamo) turns the
 feature-map sizes into symbols and then specialises them where they reach `torch.linspace` and `torch.as_tensor`
@@ -21,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert
 
@@ -58,13 +64,25 @@ class DetectionPostProcess(nn.Module):
         return scores, index % num_classes, boxes, query
 
 
+def detection_masks(pred_masks, queries, size):
+    """pred_masks (B, Q, h, w) logits, queries (B, K) -> (B, K, H, W) probabilities at the input size `size`."""
+    picked = pred_masks.gather(1, queries[..., None, None].expand(-1, -1, *pred_masks.shape[-2:]))
+    return F.interpolate(picked, size=size, mode="bilinear", align_corners=False).sigmoid()
+
+
 class OnnxDetector(nn.Module):
     """The model with plain tensor inputs and outputs, in the order the ONNX graph names them."""
 
     def __init__(self, model, pixel_mask: bool = False, postprocess: bool = False, top_k: int = 100):
         super().__init__()
+        attention = getattr(model.config, "encoder_attention_type", "standard")
+        if attention != "standard":
+            raise ValueError(f"cannot export encoder_attention_type {attention!r}: its cluster count is computed in "
+                             "Python from each image, so a traced graph would keep the example's; export the model "
+                             "with encoder_attention_type='standard' (same weights)")
         self.model = model
         self.use_pixel_mask = pixel_mask
+        self.segments = hasattr(model, "mask_head")  # DetrForSegmentation / DeformableDetrForSegmentation
         self.postprocess = DetectionPostProcess(is_deformable(model), top_k) if postprocess else None
 
     @property
@@ -73,15 +91,19 @@ class OnnxDetector(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits", "pred_boxes"] + ["scores", "labels", "boxes"] * bool(self.postprocess)
+        names = ["logits", "pred_boxes"] + ["pred_masks"] * self.segments
+        return names + (["scores", "labels", "boxes"] + ["masks"] * self.segments) * bool(self.postprocess)
 
     def forward(self, pixel_values, *extra):
         extra = list(extra)
         pixel_mask = extra.pop(0) if self.use_pixel_mask else None
         outputs = self.model(pixel_values, pixel_mask=pixel_mask, return_dict=True)
-        result = (outputs.logits, outputs.pred_boxes)
+        result = (outputs.logits, outputs.pred_boxes) + ((outputs.pred_masks,) if self.segments else ())
         if self.postprocess is not None:
-            result += self.postprocess(outputs.logits, outputs.pred_boxes, extra.pop(0))
+            scores, labels, boxes, queries = self.postprocess.select(outputs.logits, outputs.pred_boxes, extra.pop(0))
+            result += (scores, labels, boxes)
+            if self.segments:
+                result += (detection_masks(outputs.pred_masks, queries, pixel_values.shape[-2:]),)
         return result
 
     def example_inputs(self, batch_size: int = 2, height: int = 256, width: int = 320) -> tuple[torch.Tensor, ...]:
@@ -98,6 +120,8 @@ def _dynamic_axes(detector: OnnxDetector) -> dict:
     axes = {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "pixel_mask": {0: "batch", 1: "height", 2: "width"},
             "target_sizes": {0: "batch"}}
     axes.update({name: {0: "batch"} for name in detector.output_names})
+    axes.update({"pred_masks": {0: "batch", 2: "mask_height", 3: "mask_width"},
+                 "masks": {0: "batch", 2: "height", 3: "width"}})
     return {name: axes[name] for name in detector.input_names + detector.output_names}
 
 
