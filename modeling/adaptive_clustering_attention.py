@@ -90,10 +90,13 @@ def clustered_attention(
     """
     batch, heads, n, d = q.shape
     slots = int(num_clusters.max())
-    index = clusters.unsqueeze(-1).expand(-1, -1, -1, d)
-    sums = q.new_zeros(batch, heads, slots, d).scatter_add(2, index, q)
-    counts = q.new_zeros(batch, heads, slots).scatter_add(2, clusters, q.new_ones(clusters.shape))
-    prototypes = sums / counts.clamp(min=1).unsqueeze(-1)  # (B, H, K, d); unused slots of a row stay 0
+    # each query's slot in the (B * H * K) prototype rows; row-wise index_add / index_select are far cheaper on
+    # the CPU than scatter / gather with a (B, H, N, d) index
+    row = torch.arange(batch * heads, device=q.device).unsqueeze(-1) * slots
+    slot = (clusters.reshape(batch * heads, n) + row).reshape(-1)
+    sums = q.new_zeros(batch * heads * slots, d).index_add(0, slot, q.reshape(-1, d))
+    counts = torch.bincount(slot, minlength=batch * heads * slots).to(q.dtype)
+    prototypes = (sums / counts.clamp(min=1).unsqueeze(-1)).view(batch, heads, slots, d)  # unused slots stay 0
     attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].bool()
     weights = None
     if output_attentions:
@@ -102,10 +105,10 @@ def clustered_attention(
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         prototype_weights = scores.softmax(-1)  # (B, H, K, Nk)
         out = F.dropout(prototype_weights, dropout_p, dropout_p > 0) @ v
-        weights = prototype_weights.gather(2, clusters.unsqueeze(-1).expand(-1, -1, -1, k.shape[2]))
+        weights = prototype_weights.flatten(0, 2).index_select(0, slot).view(batch, heads, n, -1)
     else:
         out = F.scaled_dot_product_attention(prototypes, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    return out.gather(2, index), weights
+    return out.reshape(-1, d).index_select(0, slot).view(batch, heads, n, d), weights
 
 
 class AdaptiveClusteringAttention(MultiheadAttention):
