@@ -36,6 +36,10 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="score threshold of the confusion matrix (default: 0.5 for softmax DETR, 0.3 for "
                              "sigmoid Deformable DETR)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub model's own code to run")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: horizontal flip x scales, merged by class-wise NMS (tta.py)")
+    parser.add_argument("--tta-scales", type=float, nargs="+", default=[0.8, 1.0, 1.2],
+                        help="TTA scale factors of the processor's size (default: 0.8 1.0 1.2)")
     parser.add_argument("--output", help="JSON file for the metrics (default: eval_<split>.json in the model folder "
                                          "when it is local, else ./eval_<split>.json)")
     return parser
@@ -78,7 +82,12 @@ def evaluate_command(args) -> dict:
         for batch in batches:
             yield {**batch, "pixel_values": batch["pixel_values"].to(device), "pixel_mask": batch["pixel_mask"].to(device)}
 
-    raw = predict(model, on_device(loader), processor)
+    if args.tta:
+        from .tta import TTAConfig, predict_tta
+
+        raw = predict_tta(model, on_device(loader), processor, TTAConfig(scales=tuple(args.tta_scales)))
+    else:
+        raw = predict(model, on_device(loader), processor)
     references = [r.target() for r in records]
     predictions = [remap_detections(raw[int(r["image_id"])], mapping) for r in references]
     metrics = coco_evaluate(predictions, references, records.id2label, per_class=True)
@@ -94,6 +103,8 @@ def evaluate_command(args) -> dict:
                                     output.parent, output.stem, threshold)
     output.write_text(json.dumps({**metrics, "model": args.model, "data": args.data, "split": args.split,
                                   "num_images": len(records), "labels_matched_by": matched_by,
+                                  "tta": {"scales": args.tta_scales, "flip": True, "merge": "class-wise NMS"}
+                                  if args.tta else None,
                                   "confusion_matrix": {"threshold": threshold, "rows": "predicted class + background",
                                                        "columns": "true class + background",
                                                        "counts": matrix.tolist()}}, indent=2))
