@@ -20,6 +20,8 @@ Deformable DETR has no "no object" class: its scores are per-class sigmoids (`si
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -90,19 +92,44 @@ def segment_ids(valid_labels: list[int], label_ids_to_fuse) -> list[int]:
     return ids
 
 
+class Workspace:
+    """The large per-image buffers of one call, reused from image to image: a fresh (K, H, W) tensor costs more in
+    page faults (the allocator hands such sizes back to the system when freed) than the op that fills it."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name: str, shape, dtype, device) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel].view(shape)
+
+
+def upsample(mask_probs: torch.Tensor, size: tuple[int, int], workspace: Workspace | None) -> torch.Tensor:
+    """(K, h, w) -> (K, H, W) bilinear, align_corners=False: F.interpolate's values, on CPU into a reused buffer
+    (the same ATen kernel as F.interpolate, with `out`)."""
+    if workspace is None or mask_probs.device.type != "cpu":
+        return F.interpolate(mask_probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    out = workspace.get("upsampled", (1, len(mask_probs), *size), mask_probs.dtype, mask_probs.device)
+    torch.ops.aten.upsample_bilinear2d.out(mask_probs[None], list(size), False, None, None, out=out)
+    return out[0]
+
+
 def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse,
-                     target_size):
+                     target_size, workspace: Workspace | None = None):
     """One image's kept queries -> (segmentation (H, W) int32 of segment ids, 0 = none; segments_info).
 
-    mask_probs (K, h, w) sigmoid probabilities, scores and labels (K,), K >= 1.
+    mask_probs (K, h, w) sigmoid probabilities (overwritten when not resized), scores and labels (K,), K >= 1.
     """
     if target_size is not None:
-        mask_probs = F.interpolate(mask_probs[None], size=target_size, mode="bilinear", align_corners=False)[0]
+        mask_probs = upsample(mask_probs, target_size, workspace)
     num_queries = len(mask_probs)
     mask_probs *= scores.view(-1, 1, 1)
     winner = mask_probs.max(0).indices  # (H, W); first index among ties, as argmax; faster than argmax on CPU
     won_area = torch.bincount(winner.view(-1), minlength=num_queries)
-    own_area = count_at_least(mask_probs, mask_threshold)
+    own_area = count_at_least(mask_probs, mask_threshold, workspace)
     # The ratio as float32, compared in float64, as transformers' `.item() > threshold` does: 4 / 5 must pass 0.8.
     ratio = won_area / own_area.clamp(min=1)
     valid = (won_area > 0) & (own_area > 0) & (ratio.double() > overlap_mask_area_threshold)
@@ -120,14 +147,18 @@ def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_ar
     return segmentation, segments
 
 
-def count_at_least(values: torch.Tensor, threshold: float) -> torch.Tensor:
+def count_at_least(values: torch.Tensor, threshold: float, workspace: Workspace | None = None) -> torch.Tensor:
     """Per leading index, how many of values[k] are >= threshold: (K, ...) -> (K,) int64.
 
     Summing a bool tensor widens every flag to int64 first, several times the cost of the comparison. Here the
     flags are read 8 at a time as int64 words and summed in groups of at most 255 words, so that no byte of the
     sum can exceed 255 and carry into its neighbour; the bytes of the partial sums then add up to the count.
     """
-    flags = (values >= threshold).reshape(len(values), -1)
+    if workspace is None:
+        flags = (values >= threshold).reshape(len(values), -1)
+    else:
+        flags = torch.ge(values, threshold, out=workspace.get("flags", values.shape, torch.bool, values.device))
+        flags = flags.view(len(values), -1)
     if flags.shape[1] % 8 or flags.device.type != "cpu":
         return torch.count_nonzero(flags, dim=1)
     words = flags.view(torch.uint8).view(torch.int64)  # (K, N / 8), one flag per byte
@@ -144,6 +175,7 @@ def segment_batch(outputs, threshold, mask_threshold, overlap_mask_area_threshol
     scores, labels, is_object = query_scores(logits, sigmoid_scores)
     keep = is_object & (scores > threshold)
     mask_probs = masks.sigmoid()
+    workspace = Workspace()
     results = []
     for i, size in enumerate(sizes):
         if not keep[i].any():
@@ -152,7 +184,7 @@ def segment_batch(outputs, threshold, mask_threshold, overlap_mask_area_threshol
             continue
         segmentation, segments = compute_segments(
             mask_probs[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]], mask_threshold,
-            overlap_mask_area_threshold, label_ids_to_fuse, size,
+            overlap_mask_area_threshold, label_ids_to_fuse, size, workspace,
         )
         results.append((segmentation, segments, True))
     return results

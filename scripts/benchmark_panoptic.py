@@ -73,7 +73,8 @@ def main(argv=None):
           f" -> 800x1066, {segments} segments; median of {args.repeats} calls, {args.threads} threads")
     # With stuff fused, transformers can give one id to two segments (see segmentation_postprocessing.py), so the
     # outputs are compared without fusing.
-    unfused = [call(outputs, threshold=0.85, target_sizes=target_sizes) for call, _ in calls.values()]
+    unfused = [call(outputs, threshold=0.85, label_ids_to_fuse=set(), target_sizes=target_sizes)
+               for call, _ in calls.values()]
     print(f"same segments as transformers (no fusing): {same_segments(unfused[1], unfused[0])}")
     print(f"transformers post_process_panoptic_segmentation: {median['transformers']:.3f} s")
     print(f"detrkit      post_process_panoptic_segmentation: {median['detrkit']:.3f} s")
