@@ -45,6 +45,13 @@ def option(default: Any = None, help: str = "", factory=None):
 @dataclass
 class TrainConfig:
     # what to train and on what
+    task: str = option("detection", "'detection', or 'panoptic' / 'instance': DETR's mask head trained on top of "
+                                    "the detector (training/segmentation.py; the data needs masks)")
+    freeze_detector: bool = option(True, "panoptic / instance: the paper's two steps (detector, then the mask head "
+                                         "with the detector frozen); false: one joint run")
+    detector_step: dict = option(help="panoptic / instance with freeze_detector: overrides of this config for step "
+                                      "1, the detector's training (e.g. epochs); empty: the model is used as it is",
+                                 factory=dict)
     model: str | None = option(None, "starting point: a preset (deformable-detr, detr-resnet-50, ...: random "
                                      "transformer), a save_pretrained folder or a Hub id (detrkit's, or "
                                      "transformers' DETR / Deformable DETR checkpoints); needed with --data")
@@ -135,6 +142,7 @@ class TrainConfig:
 
 
 CHOICES = {"invalid_records": ("skip", "raise"), "schedule": ("step", "cosine"),
+           "task": ("detection", "panoptic", "instance"),
            "backbone_policy": ("auto", "pretrained", "scratch"), "mixed_precision": ("no", "bf16", "fp16"),
            "memory_savers": ("auto", "on", "off")}
 AT_LEAST = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "gradient_accumulation_steps": 1,

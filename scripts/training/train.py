@@ -18,6 +18,12 @@ def main(argv: list[str] | None = None) -> int:
         from .config import parse_config
         from .loop import train
 
-        train(parse_config(args))
+        config = parse_config(args)
+        if config.task == "detection":
+            train(config)
+        else:  # panoptic / instance: DETR's mask head on the detector
+            from .segmentation import train_segmentation
+
+            train_segmentation(config)
 
     return run_command("train", argv, command)
