@@ -1,7 +1,11 @@
 """Deformable DETR configuration: the shared DETR-family fields (`configuration_detr_base.py`) plus the fields
 of transformers' `DeformableDetrConfig`, under their names, so its `config.json` reads as-is."""
 
+from transformers.utils import logging
+
 from .configuration_detr_base import DetrBaseConfig
+
+logger = logging.get_logger(__name__)
 
 
 class DeformableDetrConfig(DetrBaseConfig):
@@ -26,6 +30,8 @@ class DeformableDetrConfig(DetrBaseConfig):
             the paper's presets use 2, with class_cost 2).
         disable_custom_kernels (`bool`): always use the pure-PyTorch attention op (e.g. for ONNX export).
         max_position_embeddings: read for compatibility; the sine position encoding has no maximum.
+        eos_coefficient: read for compatibility; a value other than transformers' 0.1 is warned about (the focal
+            loss has no "no object" class).
         return_intermediate: must stay True: the per-layer heads read every decoder layer's output.
     """
 
@@ -68,6 +74,9 @@ class DeformableDetrConfig(DetrBaseConfig):
         if getattr(self, "encoder_attention_type", "standard") != "standard":
             raise ValueError(f"encoder_attention_type {self.encoder_attention_type!r} does not apply: Deformable "
                              "DETR's encoder uses multi-scale deformable attention")
+        if self.eos_coefficient != 0.1:
+            logger.warning(f"eos_coefficient={self.eos_coefficient} has no effect: Deformable DETR's sigmoid focal "
+                           "loss has no \"no object\" class to weight")
         for name in ("encoder_n_points", "decoder_n_points", "two_stage_num_proposals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

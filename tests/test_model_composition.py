@@ -189,3 +189,16 @@ def test_detr_base_model_alone():
     pixel_values, pixel_mask = padded_batch()
     out = DetrModel(detr()).eval()(pixel_values, pixel_mask, return_dict=False)
     assert isinstance(out, tuple) and out[0].shape == (2, SMALL["num_queries"], SMALL["d_model"])
+
+
+def test_deformable_config_warns_about_a_field_it_does_not_use():
+    from transformers.testing_utils import CaptureLogger
+
+    from detrkit.modeling import configuration_deformable_detr
+
+    with CaptureLogger(configuration_deformable_detr.logger) as captured:
+        DeformableDetrConfig(eos_coefficient=0.2)
+    assert "eos_coefficient=0.2 has no effect" in captured.out
+    with CaptureLogger(configuration_deformable_detr.logger) as captured:
+        DeformableDetrConfig()
+    assert captured.out == ""
