@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .record_table import RecordTable, pack_segmentation, read_table, records_to_table, write_table
+from .record_table import PackedSegmentation, RecordTable, pack_segmentation, read_table, records_to_table, write_table
 
 try:  # a third of the json module's time and memory on a COCO-size file; the standard library does the same job
     import orjson
@@ -270,7 +270,9 @@ def _annotation(obj: dict, k: int, image_id: int, box: list[float], label: int) 
            "area": float(obj["area"]) if obj.get("area") is not None else box[2] * box[3],
            "iscrowd": int(obj.get("iscrowd") or 0)}
     if obj.get("segmentation") is not None:
-        ann["segmentation"] = pack_segmentation(obj["segmentation"])  # compact from here on, until the table
+        segmentation = obj["segmentation"]  # compact from here on, until the table
+        ann["segmentation"] = segmentation if isinstance(segmentation, PackedSegmentation) else \
+            pack_segmentation(segmentation)
     return ann
 
 
@@ -555,6 +557,10 @@ def _check_coco(annotation_file: Path, image_dir: Path, check: CheckImages) -> C
             what = f"annotation {ann.get('id')}" if isinstance(ann, dict) else f"annotation entry {ann!r}"
             early.append(Problem(image_id, f"{what} refers to an image id missing from 'images'"))
             continue
+        if ann.get("segmentation") is not None:
+            # packed now, while the parsed floats of the other annotations are still alive: at COCO size they
+            # would add up to gigabytes
+            ann["segmentation"] = pack_segmentation(ann["segmentation"])
         by_image.setdefault(ann["image_id"], []).append(ann)
     folder = str(image_dir)
 
