@@ -206,10 +206,10 @@ def padded_batch():
     return pixel_values, pixel_mask
 
 
-def _same_values(official: dict, converted: dict):
+def _same_values(official: dict, converted: dict, prefix: str = ""):
     """Nothing dropped, duplicated or invented: the backbone maps name for name, and the multiset of all other
     weight values is unchanged (the q/k/v split only cuts the packed projections)."""
-    body, ours = "backbone.0.body.", "model.backbone.conv_encoder.model."
+    body, ours = prefix + "backbone.0.body.", prefix + "model.backbone.conv_encoder.model."
     assert {k[len(ours):] for k in converted if k.startswith(ours)} == {k[len(body):] for k in official
                                                                         if k.startswith(body)}
     for key in (k for k in official if k.startswith(body)):
@@ -304,6 +304,47 @@ def test_detr_args_decide_dilation_and_heads(tmp_path):
     config = model.config
     assert config.dilation and source == "the checkpoint's args.dilation"
     assert (config.encoder_attention_heads, config.auxiliary_loss, config.eos_coefficient) == (4, False, 0.2)
+
+
+def official_panoptic_state_dict(d_model=128, seed=0):
+    """models/segmentation.py's DETRsegm: the detector under `detr.`, MHAttentionMap(d, d, nheads) and
+    MaskHeadSmallConv(d + nheads, fpn_dims, d) (fpn_dims: the backbone's C4, C3, C2 widths; resnet18 here)."""
+    heads, fpn_dims = 8, [256, 128, 64]
+    detector = official_detr_state_dict(d_model=d_model, heads=heads, classes=250, seed=seed)
+    dim = d_model + heads
+    inter = [dim, d_model // 2, d_model // 4, d_model // 8, d_model // 16]
+    head = nn.Module()
+    head.bbox_attention = nn.Module()
+    head.bbox_attention.q_linear, head.bbox_attention.k_linear = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+    mask_head = head.mask_head = nn.Module()
+    convs = [(dim, dim), (dim, inter[1]), (inter[1], inter[2]), (inter[2], inter[3]), (inter[3], inter[4])]
+    for i, (n_in, n_out) in enumerate(convs, start=1):
+        setattr(mask_head, f"lay{i}", nn.Conv2d(n_in, n_out, 3, padding=1))
+        setattr(mask_head, f"gn{i}", nn.GroupNorm(8, n_out))
+    mask_head.out_lay = nn.Conv2d(inter[4], 1, 3, padding=1)
+    for i, (fpn, n_out) in enumerate(zip(fpn_dims, inter[1:4]), start=1):
+        setattr(mask_head, f"adapter{i}", nn.Conv2d(fpn, n_out, 1))
+    return {**{f"detr.{k}": v for k, v in detector.items()}, **_randomize(head.state_dict(), seed + 1)}
+
+
+def test_panoptic_detr_converts_to_detr_for_segmentation(tmp_path):
+    from detrkit.modeling import DetrForSegmentation
+
+    official = official_panoptic_state_dict()
+    torch.save({"model": official}, tmp_path / "detr-r50-panoptic-00ce5173.pth")  # the name says: no DC5
+    model = convert_official_checkpoint(str(tmp_path / "detr-r50-panoptic-00ce5173.pth"), tmp_path / "out")
+    assert isinstance(model, DetrForSegmentation) and not model.config.dilation
+    config = model.config
+    assert config.num_labels == 250 and config.id2label[1] == "person" and config.id2label[199] == "wall-other-merged"
+    assert config.id2label[91] == "N/A" and len(config.label_ids_to_fuse) == 53 and 200 in config.label_ids_to_fuse
+    _same_values(official, model.state_dict(), prefix="detr.")
+    reloaded = DetrForSegmentation.from_pretrained(tmp_path / "out").eval()
+    pixel_values, pixel_mask = padded_batch()
+    with torch.no_grad():
+        expected, actual = model(pixel_values, pixel_mask), reloaded(pixel_values, pixel_mask)
+    torch.testing.assert_close(actual.pred_masks, expected.pred_masks)
+    torch.testing.assert_close(actual.logits, expected.logits)
+    assert "pipeline_tag: image-segmentation" in (tmp_path / "out" / "README.md").read_text()
 
 
 # ---- Deformable DETR -----------------------------------------------------------------------------------------------

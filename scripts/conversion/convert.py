@@ -9,7 +9,13 @@ from .checkpoint_file import CheckpointError, OfficialCheckpoint, load_official_
 from .key_mapping import check_complete, check_tied_copies, rename_state_dict
 from .model_card import write_official_model_card
 from .official_deformable_detr import deformable_config_kwargs, deformable_rules, tied_copies
-from .official_detr import detr_config_kwargs, detr_rules, resolve_detr_dilation
+from .official_detr import (
+    detector_part,
+    detr_config_kwargs,
+    detr_panoptic_rules,
+    detr_rules,
+    resolve_detr_dilation,
+)
 
 
 def checkpoint_family(state_dict) -> str:
@@ -28,10 +34,10 @@ def build_converted_model(checkpoint: OfficialCheckpoint, dilation: bool | None 
     """(detrkit model in eval mode holding the checkpoint's weights, notes on what decided DC5)."""
     family = checkpoint_family(checkpoint.state_dict)
     if family == "detr_panoptic":
-        raise CheckpointError(
-            "a panoptic DETR checkpoint (detr.* / bbox_attention.* / mask_head.* keys): converting it needs "
-            "detrkit's DetrForSegmentation (the mask head), which this detrkit does not have yet")
-    if family == "detr":
+        dilation, dc5_source = resolve_detr_dilation(checkpoint, dilation)
+        config = modeling.DetrConfig(**detr_config_kwargs(detector_part(checkpoint), dilation))
+        model_class, rules, ties = modeling.DetrForSegmentation, detr_panoptic_rules(), []
+    elif family == "detr":
         dilation, dc5_source = resolve_detr_dilation(checkpoint, dilation)
         config = modeling.DetrConfig(**detr_config_kwargs(checkpoint, dilation))
         model_class, rules, ties = modeling.DetrForObjectDetection, detr_rules(), []
@@ -52,6 +58,8 @@ def build_converted_model(checkpoint: OfficialCheckpoint, dilation: bool | None 
 
 def image_processor_for(model):
     """The official evaluation's preprocessing: shortest edge 800, longest 1333, ImageNet mean/std."""
+    if isinstance(model, modeling.DetrForSegmentation):
+        return DetrImageProcessor(format="coco_panoptic")
     if isinstance(model, modeling.DeformableDetrForObjectDetection):
         return DeformableDetrImageProcessor()
     return DetrImageProcessor()

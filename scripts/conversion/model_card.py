@@ -10,10 +10,10 @@ from detrkit.modeling.model_card import render_model_card
 from .zoo import DEFORMABLE_DETR_CITATION, DETR_CITATION, zoo_entry_for
 
 
-def _model_index(name: str, metrics: dict) -> str:
+def _model_index(name: str, metrics: dict, task: str) -> str:
     """Hub `model-index` front matter: the paper's COCO val2017 figures, marked as the official repository's."""
     results = [{
-        "task": {"type": "object-detection"},
+        "task": {"type": task},
         "dataset": {"type": "coco", "name": "COCO 2017", "split": "validation"},
         "metrics": [{"type": metric.lower(), "value": value, "name": f"{metric} (official repository)"}
                     for metric, value in metrics.items()],
@@ -23,9 +23,12 @@ def _model_index(name: str, metrics: dict) -> str:
 
 def write_official_model_card(model, output_dir: Path, file_name: str, dc5_source: str):
     """README.md for the folder (save_pretrained keeps an existing card)."""
-    entry = zoo_entry_for(model.config)
+    panoptic = hasattr(model, "mask_head")
+    entry = zoo_entry_for(model.config, panoptic)
     family = "deformable_detr" if "deformable" in model.config.model_type else "detr"
     values = {
+        "pipeline_tag": "image-segmentation" if panoptic else "object-detection",
+        "task": "panoptic segmentation (boxes, classes and a mask per query)" if panoptic else "object detection",
         "source_file": file_name,
         "dc5_source": dc5_source,
         "citation": DEFORMABLE_DETR_CITATION if family == "deformable_detr" else DETR_CITATION,
@@ -33,7 +36,8 @@ def write_official_model_card(model, output_dir: Path, file_name: str, dc5_sourc
         "preset": f"`{entry.preset}`" if entry else "none (an architecture no preset describes)",
         "paper_metrics": (", ".join(f"{k} {v}" for k, v in entry.paper_metrics.items()) + " (COCO val2017, "
                           "official repository)") if entry else "not a released architecture: no paper figure",
-        "model_index": _model_index(entry.folder, entry.paper_metrics) if entry else "",
+        "model_index": _model_index(entry.folder, entry.paper_metrics,
+                                    "image-segmentation" if panoptic else "object-detection") if entry else "",
         "evaluate_command": "detrkit evaluate OUTPUT_DIR --data path/to/coco --split val2017",
     }
     text = render_model_card(model, f"{family}_official")

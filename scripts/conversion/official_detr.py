@@ -8,7 +8,13 @@ width, queries, classes, pre-norm, learned positions. Attention heads and the lo
 import re
 
 from .checkpoint_file import CheckpointError, OfficialCheckpoint
-from .coco_labels import NUM_COCO_SLOTS, coco_detection_id2label
+from .coco_labels import (
+    NUM_COCO_SLOTS,
+    NUM_PANOPTIC_SLOTS,
+    coco_detection_id2label,
+    coco_panoptic_id2label,
+    coco_panoptic_stuff_ids,
+)
 from .key_mapping import layer_rules
 from .resnet_layout import resnet_name
 
@@ -38,6 +44,19 @@ _RULES = [
 
 def detr_rules() -> list[tuple[str, str]]:
     return list(_RULES)
+
+
+def detr_panoptic_rules() -> list[tuple[str, str]]:
+    """Panoptic files (models/segmentation.py's DETRsegm) hold the detector under `detr.` plus the attention map
+    and mask head, whose names detrkit's DetrForSegmentation shares."""
+    return ([(r"^detr\." + pattern.lstrip("^"), "detr." + replacement) for pattern, replacement in _RULES]
+            + [(r"^(bbox_attention|mask_head)\.(.+)$", r"\1.\2")])
+
+
+def detector_part(checkpoint: OfficialCheckpoint) -> OfficialCheckpoint:
+    """A panoptic file's detector (`detr.*` keys, prefix dropped) as a checkpoint of its own."""
+    state_dict = {k[len("detr."):]: v for k, v in checkpoint.state_dict.items() if k.startswith("detr.")}
+    return OfficialCheckpoint(state_dict, checkpoint.args, checkpoint.file_name)
 
 
 def _count_layers(state_dict, prefix: str) -> int:
@@ -104,6 +123,9 @@ def detr_config_kwargs(checkpoint: OfficialCheckpoint, dilation: bool) -> dict:
                               f"{kwargs['position_embedding_type']!r}")
     if num_labels == NUM_COCO_SLOTS:
         kwargs["id2label"] = coco_detection_id2label()
+    elif num_labels == NUM_PANOPTIC_SLOTS:
+        kwargs["id2label"] = coco_panoptic_id2label()
+        kwargs["label_ids_to_fuse"] = coco_panoptic_stuff_ids()  # stuff: one segment per class
     else:
         kwargs["num_labels"] = num_labels
     return kwargs

@@ -1,6 +1,6 @@
 """The official checkpoints detrkit converts: paper figures (COCO val2017, from the official READMEs), file names,
 the converted folder's name and the matching preset. Parameters and GFLOPs are detrkit's own measurement
-(scripts/measure_zoo.py), kept in the README table, not here."""
+(`python -m detrkit.conversion.measure`), kept in the README table, not here."""
 
 from dataclasses import dataclass, field
 
@@ -66,10 +66,15 @@ ZOO = [
 ]
 
 
-def zoo_entry_for(config) -> ZooEntry | None:
-    """The zoo entry whose preset has the same architecture as `config` (backbone, DC5, levels, variant)."""
+def zoo_entry_for(config, panoptic: bool = False) -> ZooEntry | None:
+    """The zoo entry of `config`'s architecture: the preset with the same fields, or for a panoptic model the
+    panoptic file with the same backbone and dilation (panoptic models have no preset)."""
     from detrkit.modeling import config_from_preset
 
+    if panoptic:
+        name = f"detr-{config.backbone.replace('resnet', 'resnet-')}{'-dc5' if config.dilation else ''}-panoptic"
+        return next((e for e in ZOO if e.folder == name and config.num_labels == 250
+                     and (config.d_model, config.encoder_layers, config.num_queries) == (256, 6, 100)), None)
     fields = ("model_type", "backbone", "dilation", "num_feature_levels", "with_box_refine", "two_stage",
               "d_model", "encoder_layers", "decoder_layers", "num_queries")
     for entry in ZOO:
