@@ -43,7 +43,10 @@ from .voc import load_voc
 from .yolo import load_yolo
 from .synthetic_shapes import BUILTIN_DATASETS, BuiltinDataset, builtin_categories, write_builtin_dataset
 # --- panoptic / instance segmentation data and metric ---
-from .coco_panoptic import InvalidPanopticDataError, PanopticData, PanopticDataset, load_coco_panoptic
+from .coco_panoptic import (
+    InvalidPanopticDataError, PanopticData, PanopticDataset, load_coco_panoptic, load_hf_panoptic,
+    semantic_map_to_panoptic,
+)
 from .panoptic_metric import PanopticQuality, panoptic_prediction, pq_compute
 from .panoptic_shapes import BUILTIN_PANOPTIC_DATASETS, BuiltinPanopticDataset, write_builtin_panoptic_dataset
 from .segmentation_annotations import SegmentationAnnotationError
@@ -65,7 +68,8 @@ __all__ += [
     "load_hf_dataset", "load_imagefolder", "load_voc", "load_yolo", "discover_splits", "SplitNotFoundError",
     "RecordTable", "DetectionDataset", "SkippedImages", "BUILTIN_DATASETS", "BuiltinDataset",
     "builtin_categories", "write_builtin_dataset", *_METRIC_EXPORTS,
-    "InvalidPanopticDataError", "PanopticData", "PanopticDataset", "load_coco_panoptic", "PanopticQuality",
+    "InvalidPanopticDataError", "PanopticData", "PanopticDataset", "load_coco_panoptic", "load_hf_panoptic",
+    "semantic_map_to_panoptic", "PanopticQuality",
     "panoptic_prediction", "pq_compute", "BUILTIN_PANOPTIC_DATASETS", "BuiltinPanopticDataset",
     "write_builtin_panoptic_dataset", "SegmentationAnnotationError",
 ]

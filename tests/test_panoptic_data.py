@@ -108,3 +108,36 @@ def test_loader_names_bad_records(panoptic_set, tmp_path):
         load_coco_panoptic(panoptic_set.root, annotation_file=bad, masks_dir=png_dir, image_dir=image_dir)
     with pytest.raises(InvalidPanopticDataError, match="no panoptic annotation file for split 'test'"):
         load_coco_panoptic(panoptic_set.root, "test")
+
+
+def test_datasets_tables_panoptic_and_semantic(panoptic_set):
+    """A `datasets` table with the panoptic PNG as an image column + segments_info gives the same labels as the
+    COCO folder; a semantic-map column gives one segment per class present, ignore_index as VOID."""
+    import datasets
+
+    from detrkit.processing.coco_panoptic import load_hf_panoptic
+
+    folder = load_coco_panoptic(panoptic_set.root, "val")
+    table = datasets.Dataset.from_dict({
+        "image": [str(r.image) for r in folder.records], "label": [str(r.panoptic_png) for r in folder.records],
+        "segments_info": [r.segments_info for r in folder.records], "image_id": [r.image_id for r in folder.records],
+    }).cast_column("image", datasets.Image()).cast_column("label", datasets.Image())
+    processor = DetrImageProcessor(size={"shortest_edge": 96, "longest_edge": 96})
+    from_table = PanopticDataset(load_hf_panoptic(table, panoptic_set.categories), processor)
+    from_folder = PanopticDataset(folder, processor)
+    for i in range(len(folder)):
+        a, b = from_table[i]["labels"], from_folder[i]["labels"]
+        assert all(torch.equal(a[k], b[k]) for k in ("masks", "class_labels", "boxes", "image_id"))
+
+    semantic = np.zeros((40, 50), np.uint8)
+    semantic[20:] = 2
+    semantic[:5] = 255
+    image = Image.fromarray(np.zeros((40, 50, 3), np.uint8))
+    table = datasets.Dataset.from_dict({"image": [image], "annotation": [Image.fromarray(semantic)]})
+    categories = [{"id": 0, "name": "sky", "isthing": 0}, {"id": 2, "name": "ground", "isthing": 0}]
+    data = load_hf_panoptic(table, categories, map_column="annotation", segments_column=None)
+    labels = PanopticDataset(data, processor, do_resize=False)[0]["labels"]
+    assert labels["class_labels"].tolist() == [0, 1]  # contiguous: category 2 is label 1
+    assert labels["masks"].sum((1, 2)).tolist() == [15 * 50, 20 * 50]
+    with pytest.raises(InvalidPanopticDataError, match="no column 'segments_info'"):
+        load_hf_panoptic(table, categories, map_column="annotation")
