@@ -6,6 +6,9 @@
 Random weights (presets), batch 1, fp32. Each model is exported with `detrkit export` (traced at a smaller size:
 the graph's height and width are dynamic), then both run alternately `--repeats` times after one warm-up; the
 table gives medians, the ratio and the largest difference of logits and boxes between them.
+`--op` also times the deformable attention op alone at the encoder's shape for that input: its ONNX graph (the
+grid_sample path the export uses) in onnxruntime, detrkit's C++ kernel (what a custom ONNX op could at best run)
+and the PyTorch reference.
 """
 import argparse
 import statistics
@@ -25,12 +28,52 @@ def timed(function) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def op_benchmark(size, repeats, options):
+    """Deformable attention alone, Deformable DETR R50's encoder shape: onnxruntime vs kernel vs reference."""
+    import onnxruntime as ort
+
+    from detrkit.kernels import multi_scale_deformable_attention as kernel
+    from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
+
+    shapes = [(-(-size[0] // stride), -(-size[1] // stride)) for stride in (8, 16, 32)]  # C3-C5
+    shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))  # the stride-2 conv on C5
+    total, heads, head_dim, levels, points = sum(h * w for h, w in shapes), 8, 32, 4, 4
+    generator = torch.Generator().manual_seed(0)
+    value = torch.randn(1, total, heads, head_dim, generator=generator)
+    locations = torch.rand(1, total, heads, levels, points, 2, generator=generator)
+    weights = torch.rand(1, total, heads, levels * points, generator=generator).softmax(-1).view(1, total, heads, levels, points)
+    spatial_shapes = torch.tensor(shapes)
+    start = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+
+    class Op(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return reference(value, shapes, start, locations, weights)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "msda.onnx")
+        torch.onnx.export(Op(), (value, locations, weights), path, dynamo=False, opset_version=17,
+                          input_names=["value", "locations", "weights"])
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {"value": value.numpy(), "locations": locations.numpy(), "weights": weights.numpy()}
+        runs = {"onnxruntime (grid_sample graph)": lambda: session.run(None, feed),
+                "detrkit C++ kernel": lambda: kernel(value, spatial_shapes, start, locations, weights),
+                "PyTorch reference (grid_sample)": lambda: reference(value, spatial_shapes, start, locations, weights)}
+        with torch.inference_mode():
+            for run in runs.values():
+                run()
+            times = {name: statistics.median(timed(run) for _ in range(repeats)) for name, run in runs.items()}
+    print(f"\ndeformable attention op, {total} queries, {heads} heads x {head_dim}, {levels} levels x {points} points:")
+    for name, ms in times.items():
+        print(f"  {name}: {ms:,.1f} ms")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["detr-resnet-50", "deformable-detr"])
+    parser.add_argument("--models", nargs="*", default=["detr-resnet-50", "deformable-detr"])
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1066), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--op", action="store_true", help="also time the deformable attention op alone")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
@@ -69,6 +112,8 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for name, pytorch, runtime, difference in rows:
         print(f"| {name} | {pytorch:,.0f} ms | {runtime:,.0f} ms | {runtime / pytorch:.2f}x | {difference:.1e} |")
+    if args.op:
+        op_benchmark(tuple(args.size), args.repeats, options)
 
 
 if __name__ == "__main__":
