@@ -384,9 +384,16 @@ def records_cache_dir(cache_dir: str | Path | None | bool = None) -> Path | None
     return Path(root) / "records"
 
 
+HASHED_FILE_BYTES = 16 * 2 ** 20  # smaller files are keyed by their content too
+
+
 def _file_key(path: Path) -> list:
     stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    if path.is_file() and stat.st_size <= HASHED_FILE_BYTES:
+        # file times tick coarsely (milliseconds): an edit of the same size right after a load keeps its mtime
+        key.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    return key
 
 
 def cache_path(directory: Path, kind: str, files: Iterable[Path], options: dict) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from itertools import chain
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 

@@ -20,7 +20,6 @@ from detrkit.processing.record_table import RecordTable
 from detrkit.processing.synthetic_shapes import write_builtin_dataset
 from detrkit.training.data_check import main as data_main
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +209,18 @@ def test_segmentations_survive_the_table(shapes):
     assert by_id[coco["annotations"][1]["id"]]["segmentation"] == rle
     assert "segmentation" not in by_id[coco["annotations"][2]["id"]]
     assert not data.records.get(0, segmentation=False).annotations[0].get("segmentation")
+
+
+def test_an_edit_of_the_same_size_right_after_a_load_is_seen(shapes):
+    image_dir, json_file = shapes.splits["val"]
+    stat = json_file.stat()
+    before = load_coco(json_file, image_dir)
+    text = json_file.read_text()
+    coco = json.loads(text)
+    old_name = coco["categories"][0]["name"]
+    coco["categories"][0]["name"] = old_name[::-1]  # same length: same size
+    json_file.write_text(json.dumps(coco))
+    os.utime(json_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and, as a coarse clock may leave it, same mtime
+    assert json_file.stat().st_size == stat.st_size and json_file.stat().st_mtime_ns == stat.st_mtime_ns
+    after = load_coco(json_file, image_dir)
+    assert before.categories.names[0] == old_name and after.categories.names[0] == old_name[::-1]
