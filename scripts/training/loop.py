@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -33,7 +33,9 @@ METRIC_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large"
 
 def make_accelerator(config: TrainConfig) -> tuple[TrainConfig, Accelerator]:
     """The run folder first (decided once and shared by every process), then the accelerator logging into it."""
-    PartialState()  # the process group, so that every process gets the main process's folder name
+    # the process group first, so that every process gets the main process's folder name; as AcceleratorState
+    # would create it (ACCELERATE_USE_CPU: several CPU processes over gloo)
+    PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     config = resolve_output_dir(config)
     output = Path(config.output_dir)
     accelerator = Accelerator(
