@@ -44,7 +44,8 @@ def test_two_step_panoptic_run_writes_pq_model_and_picture(tmp_path):
     assert {"pq", "sq", "rq", "pq_things", "pq_stuff", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) >= {"sky", "wall", "ground", "red circle"}
     assert metrics["steps"]["detector"]["optimizer_steps"] == 1 and metrics["steps"]["masks"]["optimizer_steps"] == 1
-    assert (run / "detector" / "model.safetensors").exists() and (run / "panoptic.png").exists()
+    assert (run / "detector" / "model.safetensors").exists()
+    assert (run / "panoptic.png").exists() and (run / "predictions.png").exists()
     model = transformers.AutoModelForImageSegmentation.from_pretrained(run / "model")
     assert type(model).__name__ == "DeformableDetrForSegmentation" and model.config.freeze_detector
     assert not model.config.train_matched_masks_only  # a training-time option, off in the saved model

@@ -15,7 +15,7 @@ instance, any detection layout whose objects carry a COCO `segmentation`. Masks 
 (resized with the image, padded with the batch). No augmentation: the images are resized as at evaluation.
 Evaluation: PQ / SQ / RQ (panoptic, by detrkit.processing's panopticapi-equal metric against the ground-truth
 PNGs; stuff classes fused) or COCO mask AP (instance) in metrics.json; panoptic.png draws each predicted
-segment of a few evaluation images in its own colour, labelled.
+segment of a few evaluation images in its own colour, labelled, and predictions.png the same model's detections.
 """
 from __future__ import annotations
 
@@ -170,15 +170,22 @@ def predict_segments(model, loader, processor, task: str, stuff: set[int], thres
     """image_id -> the processor's panoptic / instance result at the original size: {"segmentation" (H, W) segment
     ids, "segments_info" [{"id", "label_id", "score", ...}]}."""
     model.eval()
+    # The post-processing (transformers' rule) thresholds each query's mask probability weighted by its score.
+    # DETR's softmax scores of kept queries are near 1; Deformable DETR's sigmoid focal scores stay far below,
+    # so that a weighted probability of 0.5 may be out of reach: ask a query at the score threshold for 0.5.
+    sigmoid_scores = bool(getattr(processor, "sigmoid_scores", False))
+    mask_threshold = 0.5 * threshold if sigmoid_scores else 0.5
     results = {}
     for batch in tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True):
         outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in batch["labels"]]
         if task == "panoptic":
             maps = processor.post_process_panoptic_segmentation(outputs, threshold=threshold,
+                                                                mask_threshold=mask_threshold,
                                                                 label_ids_to_fuse=stuff, target_sizes=sizes)
         else:
-            maps = processor.post_process_instance_segmentation(outputs, threshold=threshold, target_sizes=sizes)
+            maps = processor.post_process_instance_segmentation(outputs, threshold=threshold,
+                                                                mask_threshold=mask_threshold, target_sizes=sizes)
         for target, result in zip(batch["labels"], maps):
             results[int(target["image_id"])] = {"segmentation": torch.as_tensor(result["segmentation"]).cpu(),
                                                 "segments_info": result["segments_info"]}
@@ -272,18 +279,21 @@ def _colour(index: int) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.75, 0.95)  # golden-ratio hues: neighbours differ
 
 
-def save_panoptic_picture(data: SegmentationData, predictions: dict, id2label: dict, path: Path,
-                          count: int = 8) -> None:
+def save_pictures(model, processor, data: SegmentationData, predictions: dict, output: Path, threshold: float,
+                  device, count: int = 8) -> None:
+    """panoptic.png (each predicted segment in its own colour, labelled) and, beside it, predictions.png (the same
+    model's detections, boxes and scores) for the first `count` evaluation images."""
     from detrkit.processing.detection_data import open_image
 
-    from .predictions import save_grid
+    from .predictions import detect, draw, save_grid
 
-    drawings = []
-    for record in list(data.eval_records)[:count]:
-        predicted = predictions[record.image_id]
-        drawings.append(draw_panoptic(open_image(record.image), predicted["segmentation"],
-                                      predicted["segments_info"], id2label))
-    save_grid(drawings, path)
+    records = list(data.eval_records)[:count]
+    images = [open_image(record.image).convert("RGB") for record in records]
+    id2label = model.config.id2label
+    save_grid([draw_panoptic(image, predictions[r.image_id]["segmentation"], predictions[r.image_id]["segments_info"],
+                             id2label) for image, r in zip(images, records)], output / "panoptic.png")
+    detections = detect(model, processor, images, threshold, device)
+    save_grid([draw(image, d, id2label) for image, d in zip(images, detections)], output / "predictions.png")
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -345,10 +355,10 @@ def train_segmentation(config: TrainConfig) -> dict:
         loaded.processor.save_pretrained(output / "model")
         (output / "history.json").write_text(json.dumps(history, indent=2))
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        save_panoptic_picture(data, predictions, model.config.id2label, output / "panoptic.png")
+        save_pictures(model, loaded.processor, data, predictions, output, config.threshold, accelerator.device)
         headline = (f"PQ {metrics['pq']:.4f} (things {metrics['pq_things']:.4f}, stuff {metrics['pq_stuff']:.4f})"
                     if config.task == "panoptic" else f"mask AP {metrics['segm_map']:.4f}")
-        log(f"{headline}; wrote {output}/: metrics.json, model/, panoptic.png, history.json "
+        log(f"{headline}; wrote {output}/: metrics.json, model/, panoptic.png, predictions.png, history.json "
             f"({metrics['minutes_total']} min)")
     return metrics
 
