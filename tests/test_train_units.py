@@ -148,3 +148,38 @@ def test_numbers_without_a_dot_are_numbers(tmp_path):
         parse_config(["--model", "detr-resnet-50", "--data", "shapes-b", "--epochs", "-3"])
     with pytest.raises(ValueError, match="--data was given without --model"):
         parse_config(["--data", "shapes-b"])
+
+
+def test_colour_jitter_and_user_transforms(tmp_path):
+    from torchvision.transforms import v2
+
+    from detrkit.processing.augmentations import AugmentationConfig, augment, detr_train_transforms
+    from detrkit.training.user_transforms import load_user_transforms, with_user_transforms
+
+    image = torch.full((3, 40, 60), 100, dtype=torch.uint8)
+    image[:, 10:20, 10:30] = 200
+    annotations = [{"bbox": [10.0, 10.0, 20.0, 10.0], "category_id": 1}]
+    fixed = dict(scales=(40,), max_size=60, flip_prob=0.0, crop_prob=0.0)
+    torch.manual_seed(0)
+    plain, kept = augment(detr_train_transforms(AugmentationConfig(**fixed)), image, annotations)
+    jittered, moved = augment(detr_train_transforms(AugmentationConfig(**fixed, color_jitter=0.5)), image, annotations)
+    assert torch.equal(plain, image) and not torch.equal(jittered, image)  # colours change, geometry does not
+    assert moved[0]["bbox"] == kept[0]["bbox"] == [10.0, 10.0, 20.0, 10.0]
+    with pytest.raises(ValueError, match="color_jitter"):
+        AugmentationConfig(color_jitter=2.0)
+
+    user = tmp_path / "my_transforms.py"
+    user.write_text("from torchvision.transforms import v2\n"
+                    "def build():\n    return v2.RandomHorizontalFlip(p=1.0)\n"
+                    "FLIP = v2.RandomHorizontalFlip(p=1.0)\n")
+    for spec in (f"{user}:build", f"{user}:FLIP"):
+        pipeline = with_user_transforms(detr_train_transforms(AugmentationConfig(**fixed)), spec)
+        _, flipped = augment(pipeline, image, annotations)
+        assert flipped[0]["bbox"] == [30.0, 10.0, 20.0, 10.0], spec  # the user's flip ran, boxes followed
+    assert isinstance(load_user_transforms("torchvision.transforms.v2:RandomHorizontalFlip"), v2.Transform)
+    with pytest.raises(ValueError, match="expected 'module:name'"):
+        load_user_transforms("my_transforms.py")
+    with pytest.raises(ValueError, match="has no 'nothing'"):
+        load_user_transforms(f"{user}:nothing")
+    with pytest.raises(FileNotFoundError):
+        load_user_transforms(f"{tmp_path}/missing.py:build")
