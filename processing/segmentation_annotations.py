@@ -21,6 +21,11 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+try:  # only COCO polygons / RLE need it; in a try block, Hub remote code does not require it to load
+    from pycocotools import mask as mask_utils
+except ImportError:
+    mask_utils = None
+
 
 class SegmentationAnnotationError(ValueError):
     """A mask annotation that cannot be used; the message names the image and the segment or object."""
@@ -168,8 +173,8 @@ def coco_panoptic_to_target(annotation, index: int, height: int, width: int, mas
 
 def coco_instance_masks(objects, height: int, width: int, where: str) -> torch.Tensor:
     """COCO objects' `segmentation` (polygons, uncompressed or compressed RLE) -> (N, H, W) bool masks."""
-    from pycocotools import mask as mask_utils
-
+    if mask_utils is None:
+        raise ImportError("decoding COCO polygons and RLE needs pycocotools: pip install pycocotools")
     masks = np.zeros((len(objects), height, width), dtype=bool)
     for j, obj in enumerate(objects):
         segmentation = obj.get("segmentation") if isinstance(obj, dict) else None

@@ -25,9 +25,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-# A list of (height, width) or a (B, 2) tensor, as transformers accepts.
-TargetSizes = "list[tuple[int, int]] | torch.Tensor | None"
-
 
 class SegmentationPostProcessingError(ValueError):
     """Model outputs or arguments that post-processing cannot use; the message names the problem."""
