@@ -159,8 +159,9 @@ def count_at_least(values: torch.Tensor, threshold: float, workspace: Workspace 
     if flags.shape[1] % 8 or flags.device.type != "cpu":
         return torch.count_nonzero(flags, dim=1)
     words = flags.view(torch.uint8).view(torch.int64)  # (K, N / 8), one flag per byte
-    words = F.pad(words, (0, -words.shape[1] % 255))
-    partial = words.view(len(values), -1, 255).sum(-1)  # each byte <= 255
+    whole = words.shape[1] // 255 * 255
+    partial = torch.cat([words[:, :whole].view(len(values), -1, 255).sum(-1),  # each byte <= 255
+                         words[:, whole:].sum(-1, keepdim=True)], 1)
     return partial.view(torch.uint8).view(len(values), -1).sum(1)
 
 
