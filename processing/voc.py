@@ -33,12 +33,10 @@ def find_voc_root(folder: Path) -> Path | None:
 
 
 def voc_splits(root: Path) -> list[str]:
-    """Split lists of ImageSets/Main (per-class lists such as ``cat_train.txt`` are not splits)."""
+    """Split lists of ImageSets/Main; per-class lists (``cat_train.txt`` beside ``train.txt``) are not splits."""
     main = root / "ImageSets" / "Main"
-    if not main.is_dir():
-        return []
-    return sorted(p.stem for p in main.glob("*.txt") if not any(p.stem.startswith(f"{c}_") for c in VOC_CLASSES)
-                  and "_" not in p.stem)
+    stems = {p.stem for p in main.glob("*.txt")} if main.is_dir() else set()
+    return sorted(s for s in stems if not ("_" in s and s.rsplit("_", 1)[1] in stems))
 
 
 def _text(node, path: str):

@@ -188,6 +188,7 @@ def test_pascal_voc(tmp_path):
     from torchvision.datasets import VOCDetection
 
     base = write_voc(tmp_path / "voc", difficult_first=True)
+    (base / "ImageSets" / "Main" / "cat_train.txt").write_text("train_0000  1\n")  # a per-class list, no split
     assert set(discover_splits(tmp_path / "voc")) == {"train", "valid"}
     data = load_detection_data(tmp_path / "voc", split="train")
     assert data.layout == "voc" and data.categories.names == ("cat", "dog", "zebra")  # not VOC's 20: sorted
