@@ -11,6 +11,7 @@ errors for files that are not official checkpoints.
 import argparse
 import functools
 import http.server
+import math
 import threading
 
 import pytest
@@ -22,9 +23,6 @@ from detrkit.conversion.checkpoint_file import CheckpointError, load_official_ch
 from detrkit.conversion.cli import main as convert_main
 from detrkit.conversion.convert import build_converted_model, convert_official_checkpoint
 from detrkit.modeling import DeformableDetrForObjectDetection, DetrForObjectDetection
-
-TINY = dict(backbone="resnet18", d_model=32, heads=2, ffn=64, encoder_layers=1, decoder_layers=2, queries=8,
-            classes=91)
 
 
 class _MLP(nn.Module):
@@ -169,7 +167,7 @@ def deformable_args(levels=4, points=2, queries=8, heads=2, with_box_refine=Fals
                     dilation=False, d_model=32, decoder_layers=2):
     """The argparse.Namespace Deformable DETR's main.py saves (the fields the converter reads)."""
     return argparse.Namespace(
-        backbone="resnet18", dilation=dilation, position_embedding="sine", position_embedding_scale=2 * 3.141592653589793,
+        backbone="resnet18", dilation=dilation, position_embedding="sine", position_embedding_scale=2 * math.pi,
         num_feature_levels=levels, enc_layers=1, dec_layers=decoder_layers, dim_feedforward=64, hidden_dim=d_model,
         dropout=0.1, nheads=heads, num_queries=queries, dec_n_points=points, enc_n_points=points,
         with_box_refine=with_box_refine, two_stage=two_stage, aux_loss=True, set_cost_class=2, set_cost_bbox=5,
@@ -315,7 +313,8 @@ def official_panoptic_state_dict(d_model=128, seed=0):
     inter = [dim, d_model // 2, d_model // 4, d_model // 8, d_model // 16]
     head = nn.Module()
     head.bbox_attention = nn.Module()
-    head.bbox_attention.q_linear, head.bbox_attention.k_linear = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+    head.bbox_attention.q_linear = nn.Linear(d_model, d_model)
+    head.bbox_attention.k_linear = nn.Linear(d_model, d_model)
     mask_head = head.mask_head = nn.Module()
     convs = [(dim, dim), (dim, inter[1]), (inter[1], inter[2]), (inter[2], inter[3]), (inter[3], inter[4])]
     for i, (n_in, n_out) in enumerate(convs, start=1):
