@@ -84,13 +84,13 @@ class StageTap:
         info = backbone.model.feature_info.info  # every stage timm knows, not only the returned ones
         modules = dict(backbone.model.named_modules())
         self.channels = []
-        self._outputs = {}
+        self._outputs = None  # a dict only while recording
         for index in stage_indices:
             if not 0 <= index < len(info):
                 raise ValueError(f"the mask head needs backbone stage {index}, but {type(backbone.model).__name__} "
                                  f"has stages 0-{len(info) - 1}")
             name = info[index]["module"]
-            module = modules.get(name) or modules.get(name.replace(".", "_"))
+            module = modules.get(name, modules.get(name.replace(".", "_")))  # FeatureListNet flattens dots
             if module is None:
                 raise ValueError(f"backbone stage {index} ({name!r}) is not among the modules timm built; the "
                                  "mask head needs it: include it in backbone_out_indices")
