@@ -283,7 +283,7 @@ def argument_parser(description: str = "Train or fine-tune a DETR-family detecto
         is_bool = str(f.type).startswith("bool")
         # flags default to None so that only flags actually given override the config file
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                            metavar="" if is_bool else f.name.upper().split("_")[-1],
+                            metavar="BOOL" if is_bool else f.name.upper(),
                             nargs="?" if is_bool else None, const="true" if is_bool else None,
                             help=f"{f.metadata.get('help', '')} (default: {shown})".strip())
     for old, new in ALIASES.items():

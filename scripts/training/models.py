@@ -128,7 +128,14 @@ def load_model(config: TrainConfig, log=print) -> LoadedModel:
         path = Path(spec)
     if spec in preset_names():
         return from_preset(spec, overrides, config)
+    if not path.exists() and looks_like_path(spec):
+        raise FileNotFoundError(f"--model {spec}: no such folder (and not a preset: {', '.join(preset_names())})")
     return from_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
+
+
+def looks_like_path(spec: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else with a slash, or starting like a path, is a path."""
+    return spec.startswith(("/", ".", "~")) or spec.endswith("/") or spec.count("/") > 1 or "\\" in spec
 
 
 def fallback_spec(fallback: str) -> tuple[str, dict]:
