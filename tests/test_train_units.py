@@ -183,3 +183,32 @@ def test_colour_jitter_and_user_transforms(tmp_path):
         load_user_transforms(f"{user}:nothing")
     with pytest.raises(FileNotFoundError):
         load_user_transforms(f"{tmp_path}/missing.py:build")
+
+
+def test_card_metadata_names_base_model_datasets_and_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from huggingface_hub import metadata_load
+
+    from detrkit.training.model_card import write_model_card
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    card = tmp_path / "run" / "model" / "README.md"
+    card.write_text("---\nlicense: apache-2.0\ntags: [detrkit]\n---\n# A detector\n\n## Training and evaluation\n\nTBD\n")
+    config = resolve_recipe(TrainConfig(model="facebook/detr-resnet-50", data="cppe-5", epochs=3, image_size=800,
+                                        eval_split="test"), "detr")
+    loaded = SimpleNamespace(source="facebook/detr-resnet-50", hub_id="facebook/detr-resnet-50", backbone_note="x")
+    data = SimpleNamespace(id2label={0: "Coverall", 1: "Mask"}, train=[0] * 10, eval_records=[0] * 4)
+    metrics = {"map": 0.25, "map_50": 0.5, "map_75": 0.2, "map_small": -1.0, "map_medium": 0.1, "map_large": 0.3}
+    write_model_card(card.parent, config, loaded, data, metrics, [{"epoch": 1, "train_loss": 2.0, "map": 0.25}])
+    meta = metadata_load(card)
+    assert meta["license"] == "apache-2.0" and meta["tags"] == ["detrkit"]  # the template's header is kept
+    assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "object-detection")
+    assert meta["base_model"] == "facebook/detr-resnet-50" and meta["datasets"] == ["cppe-5"]
+    index = meta["model-index"][0]
+    assert index["name"] == "run"
+    result = index["results"][0]
+    assert result["dataset"] == {"name": "cppe-5", "type": "cppe-5", "split": "test"}
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values == {"map": 0.25, "map_50": 0.5, "map_75": 0.2, "map_medium": 0.1, "map_large": 0.3}  # no -1
+    assert "| AP | 0.2500 |" in card.read_text() and "TBD" not in card.read_text()

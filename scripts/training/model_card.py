@@ -61,14 +61,16 @@ def write_model_card(folder: str | Path, config, loaded, data, metrics: dict, hi
                       flags=re.S)
     else:
         card = card.rstrip() + "\n\n" + section
-    path.write_text(str(with_metadata(card, config, loaded, metrics, Path(folder).name)), encoding="utf-8")
+    run_name = Path(folder).resolve().parent.name  # the run folder's name (outputs/<model>-<data>-<time>)
+    path.write_text(str(with_metadata(card, config, loaded, metrics, run_name)), encoding="utf-8")
     return path
 
 
-def is_hub_id(name) -> bool:
-    """`owner/name` or `name` that is no local path and no detrkit preset or built-in set."""
+def is_hub_dataset(name) -> bool:
+    """`owner/name` or `name` that is no local path and no built-in set."""
     text = str(name or "")
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text)) and "/" in text and not Path(text).exists()
+    builtin = text in ("shapes-a", "shapes-b")
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text)) and not builtin and not Path(text).exists()
 
 
 def with_metadata(text: str, config, loaded, metrics: dict, model_name: str):
@@ -78,16 +80,17 @@ def with_metadata(text: str, config, loaded, metrics: dict, model_name: str):
     card = ModelCard(text)
     card.data.library_name = "transformers"
     card.data.pipeline_tag = "object-detection"
-    base = getattr(loaded, "hub_id", None)
-    if base and is_hub_id(base):
+    base = getattr(loaded, "hub_id", None)  # set only for a checkpoint loaded from the Hub
+    if base:
         card.data.base_model = base
-    if is_hub_id(config.data):
+    hub_data = is_hub_dataset(config.data)
+    if hub_data:
         card.data.datasets = [str(config.data)]
     data_name = Path(str(config.data).rstrip("/")).name
     card.data.model_name = config.push_to_hub or model_name
     card.data.eval_results = [
         EvalResult(task_type="object-detection", task_name="Object Detection",
-                   dataset_type=str(config.data) if is_hub_id(config.data) else data_name, dataset_name=data_name,
+                   dataset_type=str(config.data) if hub_data else data_name, dataset_name=data_name,
                    dataset_split=config.eval_split, metric_type=key, metric_name=label,
                    metric_value=round(float(metrics[key]), 4))
         for key, label in METRIC_ROWS if key in metrics and float(metrics[key]) >= 0]  # -1: no such ground truth
