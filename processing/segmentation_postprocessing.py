@@ -31,7 +31,7 @@ class SegmentationPostProcessingError(ValueError):
 
 
 def class_and_mask_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """`logits` (B, Q, C) and `pred_masks` (B, Q, h, w) from a ModelOutput or dict, shapes checked."""
+    """`logits` (B, Q, C) and `pred_masks` (B, Q, h, w) from a ModelOutput or dict, shapes checked, detached."""
     get = outputs.get if isinstance(outputs, dict) else lambda name: getattr(outputs, name, None)
     logits, masks = get("logits"), get("pred_masks")
     if masks is None:
@@ -44,7 +44,7 @@ def class_and_mask_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
             f"expected logits (B, Q, C) and pred_masks (B, Q, h, w) with the same B and Q, got "
             f"{tuple(logits.shape)} and {tuple(masks.shape)}"
         )
-    return logits, masks
+    return logits.detach(), masks.detach()  # post-processing is never differentiated (and writes into buffers)
 
 
 def target_size_list(target_sizes, batch_size: int) -> list[tuple[int, int] | None]:
