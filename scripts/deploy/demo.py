@@ -139,6 +139,13 @@ def build_app(model, processor, examples: list[str | Path] = (), title: str = "d
 
 
 def main(argv: list[str] | None = None) -> int:
+    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
+    from detrkit.training.errors import run_command
+
+    return run_command("demo", argv, command)
+
+
+def command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="detrkit demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="save_pretrained folder, Hub id or preset name")

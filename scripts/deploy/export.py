@@ -151,6 +151,13 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> int:
+    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
+    from detrkit.training.errors import run_command
+
+    return run_command("export", argv, command)
+
+
+def command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="detrkit export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="save_pretrained folder, Hub id or preset name (random weights)")

@@ -75,6 +75,13 @@ def write_space(model: str, out_dir: str | Path, detrkit_requirement: str | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
+    from detrkit.training.errors import run_command
+
+    return run_command("space", argv, command)
+
+
+def command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="detrkit space", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="save_pretrained folder (copied) or Hub id (named)")

@@ -226,6 +226,13 @@ def _points(ax, points, weights):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
+    from detrkit.training.errors import run_command
+
+    return run_command("visualize", argv, command)
+
+
+def command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="detrkit visualize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="save_pretrained folder, Hub id or preset name")
@@ -238,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from detrkit.processing.detection_data import open_image
 
+    image = open_image(args.image).convert("RGB")  # before the model: a wrong path fails at once
     model, processor = load_model(args.model)
-    image = open_image(args.image).convert("RGB")
     maps = attention_maps(model, processor, image, args.threshold, args.pixel)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     figure = draw(image, maps, id2label, args.max_detections)
