@@ -44,7 +44,7 @@ from .yolo import load_yolo
 from .synthetic_shapes import BUILTIN_DATASETS, BuiltinDataset, builtin_categories, write_builtin_dataset
 # --- panoptic / instance segmentation data and metric ---
 from .coco_panoptic import (
-    InvalidPanopticDataError, PanopticData, PanopticDataset, load_coco_panoptic, load_hf_panoptic,
+    InvalidPanopticDataError, PanopticData, PanopticDataset, horizontal_flip, load_coco_panoptic, load_hf_panoptic,
     semantic_map_to_panoptic,
 )
 from .panoptic_metric import PanopticQuality, panoptic_prediction, pq_compute
@@ -68,7 +68,8 @@ __all__ += [
     "load_hf_dataset", "load_imagefolder", "load_voc", "load_yolo", "discover_splits", "SplitNotFoundError",
     "RecordTable", "DetectionDataset", "SkippedImages", "BUILTIN_DATASETS", "BuiltinDataset",
     "builtin_categories", "write_builtin_dataset", *_METRIC_EXPORTS,
-    "InvalidPanopticDataError", "PanopticData", "PanopticDataset", "load_coco_panoptic", "load_hf_panoptic",
+    "InvalidPanopticDataError", "PanopticData", "PanopticDataset", "horizontal_flip", "load_coco_panoptic",
+    "load_hf_panoptic",
     "semantic_map_to_panoptic", "PanopticQuality",
     "panoptic_prediction", "pq_compute", "BUILTIN_PANOPTIC_DATASETS", "BuiltinPanopticDataset",
     "write_builtin_panoptic_dataset", "SegmentationAnnotationError",

@@ -48,7 +48,9 @@ class PanopticQuality:
         gt = read_panoptic_map(_numpy(gt_map), where + " (ground truth)")
         pred = read_panoptic_map(_numpy(pred_map), where + " (prediction)")
         if gt.shape != pred.shape:
-            raise SegmentationAnnotationError(f"{where}: ground truth map {gt.shape} and prediction {pred.shape} differ")
+            raise SegmentationAnnotationError(
+                f"{where}: ground truth map {gt.shape} and prediction {pred.shape} differ"
+            )
         for category, values in image_statistics(gt, gt_segments, pred, pred_segments, self.categories,
                                                  where).items():
             self.stats[category] += values

@@ -141,3 +141,26 @@ def test_datasets_tables_panoptic_and_semantic(panoptic_set):
     assert labels["masks"].sum((1, 2)).tolist() == [15 * 50, 20 * 50]
     with pytest.raises(InvalidPanopticDataError, match="no column 'segments_info'"):
         load_hf_panoptic(table, categories, map_column="annotation")
+
+
+def test_augment_flips_image_and_map_together(panoptic_set):
+    from detrkit.processing.coco_panoptic import horizontal_flip
+
+    data = load_coco_panoptic(panoptic_set.root, "val")
+    processor = DetrImageProcessor(do_resize=False, do_normalize=False, do_rescale=False)
+    plain = PanopticDataset(data, processor, do_resize=False)
+    flipped = PanopticDataset(data, processor, do_resize=False, augment=horizontal_flip(1.0))
+    for i in range(len(data)):
+        a, b = plain[i], flipped[i]
+        assert torch.equal(b["pixel_values"], a["pixel_values"].flip(-1))
+        assert torch.equal(b["labels"]["masks"], a["labels"]["masks"].flip(-1))
+        assert torch.equal(b["labels"]["class_labels"], a["labels"]["class_labels"])
+        width = a["labels"]["masks"].shape[-1]
+        # normalized (cx, cy, w, h): cx mirrors; DETR's last-pixel boxes shift by one pixel's width
+        torch.testing.assert_close(b["labels"]["boxes"][:, 0], 1 - a["labels"]["boxes"][:, 0] - 1 / width)
+    coin = PanopticDataset(data, processor, do_resize=False, augment=horizontal_flip(0.5), seed=3)
+    draws = []
+    for epoch in (0, 0, 1, 2, 3):
+        coin.set_epoch(epoch)
+        draws.append([torch.equal(coin[i]["pixel_values"], plain[i]["pixel_values"]) for i in range(len(data))])
+    assert draws[0] == draws[1] and len({tuple(d) for d in draws}) > 1  # fixed per (seed, epoch, index)
