@@ -1,9 +1,10 @@
 """Deformable DETR's encoder-decoder (paper section 4.1 and appendix A.2-A.4).
 
 The layers are built from DETR's `TransformerLayer` (same FFN, norms, dropout, parameter names), with multi-scale
-deformable attention as the encoder self-attention and the decoder cross-attention. Every query carries a reference point:
-pixel centres of each level in the encoder; in the decoder a point predicted from the object query (one-stage)
-or an encoder proposal box (two-stage), refined layer by layer when a box head is attached (box refinement).
+deformable attention as the encoder self-attention and the decoder cross-attention. Every query carries a
+reference point: pixel centres of each level in the encoder; in the decoder a point predicted from the object
+query (one-stage) or an encoder proposal box (two-stage), refined layer by layer when a box head is attached (box
+refinement).
 """
 
 import math

@@ -185,7 +185,9 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         class_heads = box_heads = None
         if config.with_box_refine:  # (two_stage requires it)
             class_heads, box_heads = _prediction_heads(config, _num_predictions(config))
-        self.decoder = DeformableDecoder(config, bbox_embed=box_heads, class_embed=class_heads if config.two_stage else None)
+        self.decoder = DeformableDecoder(
+            config, bbox_embed=box_heads, class_embed=class_heads if config.two_stage else None
+        )
         if config.two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
