@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .json_stream import load_json_transformed
 from .record_table import PackedSegmentation, RecordTable, pack_segmentation, read_table, records_to_table, write_table
 
 try:  # a third of the json module's time and memory on a COCO-size file; the standard library does the same job
@@ -515,9 +516,13 @@ def load_cached(kind: str, files: Sequence[Path], options: dict, build: Callable
 
 # --- loaders -----------------------------------------------------------------------------------------------------
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a file that is not valid JSON raises ``InvalidDatasetError`` naming it."""
+def read_json(path: Path, transforms: dict[str, Callable[[Any], Any]] | None = None) -> Any:
+    """Parse a JSON file, with the elements of the top-level arrays named in ``transforms`` passed through its
+    functions as they are decoded (see ``json_stream.py``); a file that is not valid JSON raises
+    ``InvalidDatasetError`` naming it."""
     try:
+        if transforms:
+            return load_json_transformed(path, transforms)
         raw = path.read_bytes()
         if orjson is not None:
             try:
@@ -525,8 +530,16 @@ def read_json(path: Path) -> Any:
             except ValueError:
                 pass  # e.g. NaN, which Python's json writes and reads: the box check then names it
         return json.loads(raw)
-    except (OSError, ValueError) as err:  # orjson.JSONDecodeError and json's are ValueErrors
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidDatasetError(str(path), [Problem("-", f"cannot read the annotation file ({err})")], 0) from err
+
+
+def _packed(annotation: Any) -> Any:
+    """An annotation with its polygons packed (applied while the json is decoded: at COCO size the parsed polygons
+    would add up to gigabytes of Python floats)."""
+    if isinstance(annotation, dict) and annotation.get("segmentation") is not None:
+        annotation["segmentation"] = pack_segmentation(annotation["segmentation"])
+    return annotation
 
 
 def _coco_categories(coco: dict, source: str) -> Categories:
@@ -546,7 +559,7 @@ def _coco_categories(coco: dict, source: str) -> Categories:
 
 def _check_coco(annotation_file: Path, image_dir: Path, check: CheckImages) -> CheckedRecords:
     source = str(annotation_file)
-    coco = read_json(annotation_file)
+    coco = read_json(annotation_file, {"annotations": _packed})
     if not isinstance(coco, dict):
         raise InvalidDatasetError(source, [Problem("-", "the file is not a COCO json object")], 0)
     for key in ("images", "annotations", "categories"):
@@ -564,10 +577,6 @@ def _check_coco(annotation_file: Path, image_dir: Path, check: CheckImages) -> C
             what = f"annotation {ann.get('id')}" if isinstance(ann, dict) else f"annotation entry {ann!r}"
             early.append(Problem(image_id, f"{what} refers to an image id missing from 'images'"))
             continue
-        if ann.get("segmentation") is not None:
-            # packed now, while the parsed floats of the other annotations are still alive: at COCO size they
-            # would add up to gigabytes
-            ann["segmentation"] = pack_segmentation(ann["segmentation"])
         by_image.setdefault(ann["image_id"], []).append(ann)
     folder = str(image_dir)
 
