@@ -205,6 +205,8 @@ def _open(image: Any) -> Image.Image:
 
 
 def _orientation(img: Image.Image) -> int:
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # Pillow's PNG getexif() decodes all pixels to look for an eXIf chunk after them
     return img.getexif().get(EXIF_ORIENTATION, 1)
 
 

@@ -93,7 +93,7 @@ def test_coco_reports_every_bad_record_with_its_image_id(coco_copy, caplog):
                 4: "negative or zero size", 5: "NaN", 6: "unknown category 999", 7: "missing field(s) ['bbox']",
                 8: "missing field(s) ['category_id']", 9: "declared size 50x64", 77: "missing from 'images'"}
     with pytest.raises(InvalidDatasetError) as raised:
-        load_coco(path, image_dir, on_error="raise")
+        load_coco(path, image_dir, on_error="raise", check_images="decode")  # the truncated file needs a decode
     found = problems_by_image(raised.value)
     assert set(found) == set(expected)
     for image_id, text in expected.items():
@@ -101,11 +101,21 @@ def test_coco_reports_every_bad_record_with_its_image_id(coco_copy, caplog):
         assert f"image {image_id}:" in str(raised.value)
 
     with caplog.at_level(logging.WARNING):
-        data = load_coco(path, image_dir, on_error="skip")
+        data = load_coco(path, image_dir, on_error="skip", check_images="decode")
     assert sorted(r.image_id for r in data) == [10, 11]
     assert problems_by_image(data).keys() == expected.keys()
     assert data.num_skipped == 10  # the orphan annotation is reported but is no image
     assert "left out 10 of 12 images" in caplog.text and "image 6: annotation" in caplog.text
+
+
+def test_header_checks_do_not_decode(coco_copy):
+    image_dir, coco, path = coco_copy
+    png = (image_dir / "000001.png").read_bytes()
+    (image_dir / "000001.png").write_bytes(png[: len(png) // 2])  # the header is intact, the pixels are not
+    path.write_text(json.dumps(coco))
+    assert len(load_coco(path, image_dir)) == 12  # left to the DataLoader, which skips it when decoding fails
+    with pytest.raises(InvalidDatasetError, match="image 1: cannot decode image"):
+        load_coco(path, image_dir, check_images="decode")
 
 
 def test_boxes_overshooting_by_rounding_are_clipped_not_rejected(coco_copy):
@@ -237,7 +247,7 @@ def test_imagefolder_bad_records(shapes, tmp_path):
 def test_open_image_fails_on_truncated_png_but_header_size_does_not(tmp_path, shapes):
     png = (shapes.splits["val"][0] / "000000.png").read_bytes()
     truncated = Image.open(io.BytesIO(png[: len(png) // 2]))
-    assert truncated.size == (64, 64)  # the header alone looks fine: that is why validation decodes fully
+    assert truncated.size == (64, 64)  # the header alone looks fine: check_images='decode' or the DataLoader finds it
     with pytest.raises(OSError):
         truncated.load()
 
