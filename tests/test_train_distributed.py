@@ -26,7 +26,8 @@ def train_args(output_dir, data_cache, batch_size):
             "--data-cache", str(data_cache), "--image-size", "64", "--max-train-samples", "16",
             "--max-eval-samples", "3", "--batch-size", str(batch_size), "--epochs", "2", "--max-steps", "5",
             "--augment", "false", "--backbone-policy", "pretrained", "--checkpoint-every", "0",
-            "--eval-every", "0", "--log-with", "[]", "--predictions-image", "false", "--num-workers", "0", "--output-dir", str(output_dir)]
+            "--eval-every", "0", "--log-with", "[]", "--predictions-image", "false", "--num-workers", "0",
+            "--output-dir", str(output_dir)]
 
 
 def run(command, **env_vars):

@@ -11,6 +11,7 @@ sparse category ids, then evaluate and predict on it, all through the `detrkit` 
 import contextlib
 import functools
 import http.server
+import io
 import json
 import threading
 from pathlib import Path
@@ -64,8 +65,7 @@ def coco_checkpoint(tmp_path_factory):
     import transformers
 
     folder = tmp_path_factory.mktemp("detr-coco")
-    id2label = {i: name if i else "N/A" for i, name in enumerate(_COCO_CATEGORIES)}
-    id2label = {i: ("N/A" if name == "N/A" else name) for i, name in id2label.items()}
+    id2label = {i: name if i else "N/A" for i, name in enumerate(_COCO_CATEGORIES)}  # slot 0: "__background__"
     assert (id2label[1], id2label[3], id2label[18], id2label[12], len(id2label)) == ("person", "car", "dog", "N/A", 91)
     torch.manual_seed(0)
     config = transformers.DetrConfig(use_pretrained_backbone=False, id2label=id2label,
@@ -111,9 +111,7 @@ def test_evaluate_maps_coco_slots_by_original_id(coco, coco_checkpoint, tmp_path
     log = detrkit(capsys, "evaluate", coco_checkpoint, "--data", coco, "--split", "val", "--output", output)
     assert "matched to the data's 3 categories by id" in log
 
-    import contextlib as _c
-    import io
-    with _c.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(coco / "annotations" / "instances_val.json"))
         reference = COCOeval(gt, gt.loadRes(results), iouType="bbox")
         reference.evaluate()

@@ -22,7 +22,8 @@ def train_command(output_dir, data_cache, *extra):
     return [sys.executable, str(TRAIN), "--model", "detr-resnet-50", "--set", TINY_DETR, "--data", "shapes-b",
             "--data-cache", str(data_cache), "--image-size", "64", "--max-train-samples", "6",
             "--max-eval-samples", "2", "--batch-size", "2", "--epochs", "3", "--max-steps", "6",
-            "--checkpoint-every", "2", "--eval-every", "0", "--log-with", "[]", "--predictions-image", "false", "--num-workers", "0",
+            "--checkpoint-every", "2", "--eval-every", "0", "--log-with", "[]", "--predictions-image", "false",
+            "--num-workers", "0",
             "--output-dir", str(output_dir), *extra]
 
 

@@ -139,7 +139,8 @@ def test_history_survives_a_resume(tmp_path):
 
 def test_numbers_without_a_dot_are_numbers(tmp_path):
     file = tmp_path / "c.yaml"
-    file.write_text("model: detr-resnet-50\ndata: shapes-b\nlr: 2e-4\nweight_decay: 1e-4\nepochs: 3\n")  # YAML 1.1 would keep 2e-4 a string
+    # YAML 1.1 would keep 2e-4 a string
+    file.write_text("model: detr-resnet-50\ndata: shapes-b\nlr: 2e-4\nweight_decay: 1e-4\nepochs: 3\n")
     config = parse_config(["--config", str(file), "--set", "clip_grad_norm=1e-1"])
     assert (config.lr, config.weight_decay, config.clip_grad_norm, config.epochs) == (2e-4, 1e-4, 0.1, 3)
     with pytest.raises(ValueError, match="'batch_size': expected a number"):
@@ -194,7 +195,8 @@ def test_card_metadata_names_base_model_datasets_and_metrics(tmp_path):
 
     (tmp_path / "run" / "model").mkdir(parents=True)
     card = tmp_path / "run" / "model" / "README.md"
-    card.write_text("---\nlicense: apache-2.0\ntags: [detrkit]\n---\n# A detector\n\n## Training and evaluation\n\nTBD\n")
+    card.write_text("---\nlicense: apache-2.0\ntags: [detrkit]\n---\n# A detector\n\n"
+                    "## Training and evaluation\n\nTBD\n")
     config = resolve_recipe(TrainConfig(model="facebook/detr-resnet-50", data="cppe-5", epochs=3, image_size=800,
                                         eval_split="test"), "detr")
     loaded = SimpleNamespace(source="facebook/detr-resnet-50", hub_id="facebook/detr-resnet-50", backbone_note="x")
