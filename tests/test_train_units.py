@@ -214,3 +214,13 @@ def test_card_metadata_names_base_model_datasets_and_metrics(tmp_path):
     values = {m["type"]: m["value"] for m in result["metrics"]}
     assert values == {"map": 0.25, "map_50": 0.5, "map_75": 0.2, "map_medium": 0.1, "map_large": 0.3}  # no -1
     assert "| AP | 0.2500 |" in card.read_text() and "TBD" not in card.read_text()
+
+
+def test_every_shipped_config_parses():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = parse_config(["--config", str(path)])
+        assert config.model and config.data and config.output_dir, path.name
