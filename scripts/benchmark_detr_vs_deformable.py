@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != HERE] + [HERE]  # see train.py
+import torch
 
-import torch  # noqa: E402
-from training.config import REPO_ROOT, build_config  # noqa: E402
-from training.data import load_split, resolve_source  # noqa: E402
-from training.history import read_history  # noqa: E402
-from training.loop import train  # noqa: E402
-from training.models import make_processor, model_classes  # noqa: E402
+from detrkit.training.config import REPO_ROOT, build_config
+from detrkit.training.data import load_split, resolve_source
+from detrkit.training.history import read_history
+from detrkit.training.loop import train
+from detrkit.training.models import make_processor, model_classes
 
 DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "deformable-detr-shapes-a"
 SHARED_ARCHITECTURE = dict(backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3,
@@ -92,7 +89,8 @@ def initial_model(kind: str, id2label: dict, backbone: dict | None, seed: int) -
 def run_config(args, kind: str, model_dir: Path, output: Path):
     return build_config(dict(
         model=str(model_dir), fallback_model=None, data=args.data, image_size=args.image_size,
-        batch_size=args.batch_size, epochs=args.epochs, eval_every=1, seed=args.seed, num_workers=args.num_workers,
+        batch_size=args.batch_size, epochs=args.epochs, lr_drop_epoch=max(1, round(args.epochs * 2 / 3)),
+        eval_every=1, seed=args.seed, num_workers=args.num_workers, overwrite_output_dir=True,
         max_train_minutes=args.max_train_minutes, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, data_cache=args.data_cache,
         backbone_policy="auto" if args.backbone != "random" else "scratch", checkpoint_every=0,
