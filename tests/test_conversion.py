@@ -473,3 +473,13 @@ def test_cli_reports_missing_dc5_flag(tmp_path, capsys):
     assert convert_main([str(tmp_path / "mine.pth"), str(tmp_path / "out")]) == 2
     assert "--dc5 or --no-dc5" in capsys.readouterr().err
     assert convert_main([str(tmp_path / "mine.pth"), str(tmp_path / "out"), "--no-dc5"]) == 0
+
+
+def test_zoo_measure_counts_parameters_and_macs():
+    """The zoo table's figures come from `python -m detrkit.conversion.measure`; here at a small input size."""
+    from detrkit.conversion.measure import measure
+
+    small = measure("detr-resnet-50", height=64, width=96)
+    larger = measure("detr-resnet-50", height=128, width=192)
+    assert small["parameters_M"] == 41.5  # the paper's 41M
+    assert 0 < small["GMACs"] < larger["GMACs"]
