@@ -27,6 +27,7 @@ files' paths, sizes and modification times: a second load maps the cache instead
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -43,7 +44,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .json_stream import load_json_transformed
 from .record_table import PackedSegmentation, RecordTable, pack_segmentation, read_table, records_to_table, write_table
 
-try:  # a third of the json module's time and memory on a COCO-size file; the standard library does the same job
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+try:  # faster than the json module on small files (a COCO file is read by json_stream.py)
     import orjson
 except ImportError:  # pragma: no cover
     orjson = None
@@ -416,13 +422,21 @@ def listing_digest(paths: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
 def _evict(directory: Path) -> None:
-    files = sorted(directory.glob("*.arrow"), key=lambda f: f.stat().st_mtime)
+    files = sorted(directory.glob("*.arrow"), key=_mtime)
     for old in files[:-MAX_CACHE_FILES]:
-        try:
-            old.unlink()
-        except OSError:
-            pass
+        for path in (old, old.with_name(old.name + ".lock")):
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
 
 def _from_cache(path: Path) -> tuple[RecordTable, CheckedRecords] | None:
@@ -458,6 +472,20 @@ def _child_build(build: Callable[[], CheckedRecords], path: Path, send) -> None:
             send.send(err)
         except Exception:  # an exception that does not pickle: its text still says what went wrong
             send.send(RuntimeError(f"{type(err).__name__}: {err}"))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path):
+    """One builder per cache file: the ranks of a distributed run would otherwise each parse the same json."""
+    if fcntl is None:  # not POSIX: each process builds; the atomic rename keeps the file whole
+        yield
+        return
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _writable(directory: Path) -> bool:
@@ -502,11 +530,13 @@ def load_cached(kind: str, files: Sequence[Path], options: dict, build: Callable
                        directory)
         path = None
     if path is not None and not path.is_file():
-        if _can_fork() and sum(f.stat().st_size for f in files if f.is_file()) >= FORK_BUILD_BYTES:
-            _build_in_child(build, path)
-        else:
-            _build_into(build, path)
-        _evict(directory)
+        with _exclusive(path.with_name(path.name + ".lock")):
+            if not path.is_file():  # else another process (a rank of the same run) built it while we waited
+                if _can_fork() and sum(f.stat().st_size for f in files if f.is_file()) >= FORK_BUILD_BYTES:
+                    _build_in_child(build, path)
+                else:
+                    _build_into(build, path)
+                _evict(directory)
     cached = _from_cache(path) if path is not None else None
     if cached is not None:
         os.utime(path)  # recently used: kept by the eviction

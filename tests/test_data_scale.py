@@ -224,3 +224,28 @@ def test_an_edit_of_the_same_size_right_after_a_load_is_seen(shapes):
     assert json_file.stat().st_size == stat.st_size and json_file.stat().st_mtime_ns == stat.st_mtime_ns
     after = load_coco(json_file, image_dir)
     assert before.categories.names[0] == old_name and after.categories.names[0] == old_name[::-1]
+
+
+def test_concurrent_first_loads_build_once(shapes, monkeypatch, tmp_path):
+    # ranks of a distributed run load at the same moment: one parses, the others wait and map its cache
+    import threading
+    import time
+
+    calls = []
+    original = detection_data._check_coco
+
+    def slow(*args):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)
+        return original(*args)
+
+    monkeypatch.setattr(detection_data, "_check_coco", slow)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(load_detection_data(shapes.root, split="val")))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 3
+    assert len({r.cache_file for r in results}) == 1 and all(len(r) == 4 for r in results)
