@@ -6,7 +6,7 @@ DatasetDict, a ``save_to_disk`` folder, or a Hub dataset id (``owner/name`` or a
 * COCO: ``annotations/instances_<split>.json`` with images in ``<split>/`` (or ``images/<split>/``); the json
   beside the split folder (``instances_<split>.json`` or ``<split>.json`` next to ``<split>/``); Roboflow's
   ``<split>/_annotations.coco.json`` (or any single json in ``<split>/``);
-* YOLO: ``data.yaml`` with ``names`` and split paths (``yolo.py``);
+* YOLO: ``data.yaml`` with ``names`` and split paths (``yolo.py``); the yaml file itself is a source too;
 * Pascal VOC: ``Annotations/`` + ``JPEGImages/`` + ``ImageSets/Main/<split>.txt`` (``voc.py``);
 * imagefolder: ``<split>/metadata.jsonl`` or ``metadata.jsonl``.
 
@@ -101,12 +101,16 @@ def _hf(dataset, where: str) -> SplitSource:
     return SplitSource("datasets", where, lambda on_error, **kw: load_hf_dataset(dataset, on_error=on_error, **kw))
 
 
+def _yolo_splits(yaml_file: Path) -> dict[str, SplitSource]:
+    return {split: SplitSource("yolo", str(yaml_file), lambda on_error, split=split, **kw:
+                               load_yolo(yaml_file, split, on_error=on_error, **kw))
+            for split in yolo_splits(yaml_file)}
+
+
 def _folder_splits(root: Path) -> dict[str, SplitSource]:
     yaml_file = find_yolo_yaml(root)
     if yaml_file is not None:
-        return {split: SplitSource("yolo", str(yaml_file), lambda on_error, split=split, **kw:
-                                   load_yolo(yaml_file, split, on_error=on_error, **kw))
-                for split in yolo_splits(yaml_file)}
+        return _yolo_splits(yaml_file)
     voc_root = find_voc_root(root)
     if voc_root is not None:
         return {split: SplitSource("voc", str(voc_root), lambda on_error, split=split, **kw:
@@ -161,8 +165,11 @@ def discover_splits(source) -> dict[str, SplitSource]:
             return {split: _hf(dataset, f"datasets split {split!r}") for split, dataset in source.items()}
         return {ANY_SPLIT: _hf(source, "datasets.Dataset")}
     if source.is_file():
+        if source.suffix in (".yaml", ".yml"):  # ultralytics users pass the data.yaml itself
+            return _yolo_splits(source)
         if source.suffix != ".json":
-            raise FileNotFoundError(f"data source {str(source)!r}: a file source must be a COCO .json file")
+            raise FileNotFoundError(f"data source {str(source)!r}: a file source must be a COCO .json file or a "
+                                    f"YOLO data.yaml")
         return {ANY_SPLIT: _coco(source, source.parent)}
     return _folder_splits(source)
 

@@ -133,6 +133,7 @@ def test_yolo(tmp_path, style):
         data = load_detection_data(root, split=split)
         check_against_truth(data, split, original_ids=False)
         assert data.layout == "yolo" and data.categories.original_ids == (0, 1, 2)  # YOLO's ids are the indices
+    check_against_truth(load_detection_data(root / "data.yaml", split="val"), "valid", original_ids=False)
 
 
 def test_yolo_bad_labels_name_file_and_line(tmp_path):
