@@ -224,3 +224,27 @@ def test_every_shipped_config_parses():
     for path in configs:
         config = parse_config(["--config", str(path)])
         assert config.model and config.data and config.output_dir, path.name
+
+
+def test_remote_code_only_when_asked(monkeypatch):
+    import transformers
+
+    from detrkit.training import models, pretrained
+
+    seen = []
+
+    def from_pretrained(name, **kwargs):
+        seen.append(kwargs.get("trust_remote_code", False))
+        if not kwargs.get("trust_remote_code"):
+            raise ValueError(f"The repository {name} contains custom code ... pass `trust_remote_code=True`")
+        raise OSError("stop here: loading itself is not under test")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(transformers.AutoModelForObjectDetection, "from_pretrained", from_pretrained)
+    for load in (lambda trust: models.load_model(TrainConfig(model="someone/custom", data="d", trust_remote_code=trust)),
+                 lambda trust: pretrained.load_pretrained("someone/custom", trust_remote_code=trust)):
+        with pytest.raises(ValueError, match="needs its own code from the Hub.*add --trust-remote-code"):
+            load(False)
+        with pytest.raises(OSError, match="stop here"):
+            load(True)
+    assert seen == [False, True, False, True]
