@@ -589,6 +589,10 @@ def _coco_categories(coco: dict, source: str) -> Categories:
         raise InvalidDatasetError(source, [Problem("-", str(err))], 0) from None
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _check_coco(annotation_file: Path, image_dir: Path, check: CheckImages) -> CheckedRecords:
     source = str(annotation_file)
     coco = read_json(annotation_file, {"annotations": _packed})
@@ -602,25 +606,26 @@ def _check_coco(annotation_file: Path, image_dir: Path, check: CheckImages) -> C
 
     early, by_image = [], {}
     images = coco.pop("images")
-    image_ids = {img.get("id") for img in images if isinstance(img, dict)}
+    image_ids = {img.get("id") for img in images if isinstance(img, dict) and _is_id(img.get("id"))}
     for ann in coco.pop("annotations"):
-        if not isinstance(ann, dict) or ann.get("image_id") not in image_ids:
-            image_id = ann.get("image_id") if isinstance(ann, dict) else "-"
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if not _is_id(image_id) or image_id not in image_ids:
             what = f"annotation {ann.get('id')}" if isinstance(ann, dict) else f"annotation entry {ann!r}"
-            early.append(Problem(image_id, f"{what} refers to an image id missing from 'images'"))
+            early.append(Problem(image_id if _is_id(image_id) else "-",
+                                 f"{what} refers to an image id missing from 'images' ({image_id!r})"))
             continue
-        by_image.setdefault(ann["image_id"], []).append(ann)
+        by_image.setdefault(image_id, []).append(ann)
     folder = str(image_dir)
 
     def raw():
         for index, img in enumerate(images):
-            if not isinstance(img, dict) or img.get("id") is None or not img.get("file_name"):
-                image_id = img.get("id", f"#{index}") if isinstance(img, dict) else f"#{index}"
-                early.append(Problem(image_id, "image entry lacks 'id' or 'file_name'"))
+            if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(img.get("file_name"), str):
+                image_id = img.get("id") if isinstance(img, dict) and _is_id(img.get("id")) else f"#{index}"
+                early.append(Problem(image_id, "image entry lacks an 'id' or a 'file_name'"))
                 continue
             # popped as checked, so the parsed annotations are freed as the records are built
             yield (img["id"], os.path.join(folder, img["file_name"]), img.get("width"), img.get("height"),
-                   by_image.pop(img["id"], []) if isinstance(img["id"], (int, str)) else [])
+                   by_image.pop(img["id"], []))
 
     checked = check_records(raw(), categories, category_of, source, check, len(images), (), "category_id", "coco")
     checked.problems[:0] = early  # the entry problems first, as the file lists them

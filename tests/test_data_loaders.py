@@ -303,3 +303,19 @@ def test_exif_orientation_is_applied_like_datasets_and_the_processor(tmp_path):
         {"file_name": "rotated.jpg", "width": 20, "height": 40, "objects": {"bbox": [[0, 0, 20, 10]], "category": ["a"]}}))
     data = load_imagefolder(tmp_path)
     assert (data[0].width, data[0].height) == (20, 40) and not data.problems
+
+
+def test_malformed_entries_are_problems_not_crashes(coco_copy):
+    image_dir, coco, path = coco_copy
+    coco["images"][0]["id"] = [0]  # unhashable
+    coco["images"][1]["file_name"] = None
+    coco["annotations"][0]["image_id"] = {"id": 3}
+    coco["annotations"].append("not an annotation")
+    path.write_text(json.dumps(coco))
+    with pytest.raises(InvalidDatasetError) as raised:
+        load_coco(path, image_dir)
+    text = str(raised.value)
+    assert "image #0: image entry lacks an 'id' or a 'file_name'" in text
+    assert "image 1: image entry lacks" in text
+    assert "refers to an image id missing from 'images' ({'id': 3})" in text
+    assert "annotation entry 'not an annotation'" in text
