@@ -132,11 +132,12 @@ def eval_loader(data_root: str, processor, batch_size: int):
     return records, loader
 
 
-def as_references(predictions: dict, threshold: float) -> dict:
-    """image_id -> COCO-style reference built from a model's detections with score >= threshold."""
+def as_references(predictions: dict, threshold: float, top: int | None = None) -> dict:
+    """image_id -> COCO-style reference built from a model's detections with score >= threshold, or its `top`
+    highest-scoring ones (for a model too weak to pass any threshold)."""
     references = {}
     for image_id, det in predictions.items():
-        keep = det["scores"] >= threshold
+        keep = det["scores"] >= threshold if top is None else det["scores"].argsort(descending=True)[:top]
         annotations = []
         for (x0, y0, x1, y1), label in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist()):
             annotations.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": int(label),
@@ -145,9 +146,11 @@ def as_references(predictions: dict, threshold: float) -> dict:
     return references
 
 
-def accuracy_part(checkpoint: str, data_root: str, mtkd: dict, threshold: float, batch_size: int, log=print):
+def accuracy_part(checkpoint: str, data_root: str, mtkd: dict, threshold: float, top: int | None, batch_size: int,
+                  log=print):
     from transformers import AutoImageProcessor
 
+    import detrkit.processing  # noqa: F401  (registers detrkit's processors: checkpoints/ folders name no code)
     from detrkit.modeling import DetrForObjectDetection
     from detrkit.processing.coco_metric import coco_evaluate
     from detrkit.training.evaluation import predict
@@ -162,7 +165,7 @@ def accuracy_part(checkpoint: str, data_root: str, mtkd: dict, threshold: float,
         return predictions, vs_truth
 
     exact_predictions, exact_truth = scores(DetrForObjectDetection.from_pretrained(checkpoint))
-    reference = as_references(exact_predictions, threshold)
+    reference = as_references(exact_predictions, threshold, top)
     rows = [{"variant": "exact", "ap": exact_truth["map"], "ap50": exact_truth["map_50"], "agreement_ap": 1.0}]
     candidates = [(f"ACT L={r}", checkpoint, {"encoder_attention_type": "act", "act_hash_rounds": r}) for r in ROUNDS]
     candidates += [(f"{name} (MTKD)", path, {}) for name, path in mtkd.items()]
@@ -249,7 +252,10 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default=None, help="a trained DETR for the accuracy part")
     parser.add_argument("--data", default=None, help="the checkpoint's data folder (COCO layout with a val split)")
     parser.add_argument("--mtkd", nargs="*", default=[], metavar="NAME=PATH", help="MTKD-trained ACT students")
-    parser.add_argument("--agreement-threshold", type=float, default=0.5)
+    parser.add_argument("--agreement-threshold", type=float, default=0.5,
+                        help="the exact model's detections above this score are the agreement ground truth")
+    parser.add_argument("--agreement-top", type=int, default=None,
+                        help="instead, its N highest-scoring detections per image (a weak model)")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     if args.checkpoint and not args.data:
@@ -261,9 +267,11 @@ def main(argv=None) -> int:
     accuracy_rows = []
     if args.checkpoint:
         accuracy_rows = accuracy_part(args.checkpoint, str(Path(args.data).expanduser()),
-                                              parse_mtkd(args.mtkd), args.agreement_threshold, args.batch_size)
+                                      parse_mtkd(args.mtkd), args.agreement_threshold, args.agreement_top,
+                                      args.batch_size)
     results = {"torch": torch.__version__, "threads": args.threads, "input": [args.height, args.width],
-               "cost": cost_rows, "accuracy": accuracy_rows,
+               "cost": cost_rows, "accuracy": accuracy_rows, "agreement_threshold": args.agreement_threshold,
+               "agreement_top": args.agreement_top,
                "checkpoint": args.checkpoint}
     (output / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(cost_rows, accuracy_rows)
