@@ -80,7 +80,8 @@ def evaluate_command(args) -> dict:
 
     def on_device(batches):
         for batch in batches:
-            yield {**batch, "pixel_values": batch["pixel_values"].to(device), "pixel_mask": batch["pixel_mask"].to(device)}
+            yield {**batch, "pixel_values": batch["pixel_values"].to(device),
+                   "pixel_mask": batch["pixel_mask"].to(device)}
 
     if args.tta:
         from .tta import TTAConfig, predict_tta

@@ -200,7 +200,8 @@ def predict_command(args) -> dict:
     for start in range(0, len(sources), args.batch_size):
         chunk = list(zip(sources[start:start + args.batch_size], names[start:start + args.batch_size]))
         images = [read_rgb(source) for source, _ in chunk]
-        for (source, name), image, detections in zip(chunk, images, detect(model, processor, images, threshold, device)):
+        found = detect(model, processor, images, threshold, device)
+        for (source, name), image, detections in zip(chunk, images, found):
             results[source.name] = to_json(detections, id2label)
             if not args.no_drawings:
                 F.to_pil_image(draw(image, detections, id2label)).save(out / f"{name}.png")
