@@ -144,8 +144,12 @@ def _parse_line(line: str, num_classes: int, width: int, height: int) -> dict | 
 def _read_labels(path: Path, num_classes: int, width: int, height: int) -> tuple[list[dict], list[str]]:
     if not path.is_file():
         return [], []  # an image without a label file shows background only
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        return [], [f"cannot read {path} ({err})"]
     objects, problems = [], []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             parsed = _parse_line(line.strip(), num_classes, width, height)
             if isinstance(parsed, str):

@@ -145,12 +145,14 @@ def test_yolo_bad_labels_name_file_and_line(tmp_path):
     (labels / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.1 0.1")  # class 5 of 2
     (labels / "1.txt").write_text("0 12 8 4 4")  # pixels, not normalized
     (labels / "2.txt").write_text("0 0.1 0.1 0.05 0.05 0.2 0.3")  # a polygon: boxed by its extent
+    write_image(root / "images" / "train" / "3.png", 40, 20)
+    (labels / "3.txt").write_bytes(b"\xff\xfe0 0.5")  # not text
     (root / "data.yaml").write_text("train: images/train\nnames: [a, b]\n")
     with pytest.raises(InvalidDatasetError) as raised:
         load_detection_data(root)
     text = str(raised.value)
     assert "0.txt line 2" in text and "class 5 is not in data.yaml's 2 names" in text
-    assert "1.txt line 1" in text and "normalized" in text
+    assert "1.txt line 1" in text and "normalized" in text and "cannot read" in text and "3.txt" in text
     data = load_detection_data(root, on_error="skip")
     assert len(data) == 1 and data[0].annotations[0]["bbox"] == pytest.approx([0.05 * 40, 0.05 * 20, 0.15 * 40, 0.25 * 20])
 
