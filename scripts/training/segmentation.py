@@ -34,7 +34,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import TrainConfig, default_output_dir
+from .config import TrainConfig, default_output_dir, repo_path
 from .errors import UsageError
 from .optim import build_optimizer, build_scheduler
 
@@ -319,7 +319,7 @@ def train_segmentation(config: TrainConfig) -> dict:
     loaded.size_processor(config)
     data = load_segmentation_data(config, loaded.processor, log)
     detector = loaded.adapt_to_labels(data.id2label, log=log)  # a new class head when the classes differ
-    carry_over_class_rows(detector, Path(str(loaded.source)), log)
+    carry_over_class_rows(detector, repo_path(str(loaded.source)), log)
     config, data_notes = resolve_for_data(config, loaded.kind, len(data.train), loaded.pretrained)
     log("chosen for this run: " + "; ".join(notes + model_notes + data_notes))
     output.mkdir(parents=True, exist_ok=True)
