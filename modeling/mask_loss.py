@@ -60,7 +60,8 @@ def mask_losses(matched: torch.Tensor, labels: list[dict], indices, num_boxes: f
         return {"loss_mask": zero, "loss_dice": zero}
     matched = F.interpolate(matched[:, None], size=targets.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     matched, targets = matched.flatten(1), targets.flatten(1)
-    return {"loss_mask": mask_focal_loss(matched, targets, num_boxes), "loss_dice": dice_loss(matched, targets, num_boxes)}
+    return {"loss_mask": mask_focal_loss(matched, targets, num_boxes),
+            "loss_dice": dice_loss(matched, targets, num_boxes)}
 
 
 __all__ = ["dice_loss", "mask_focal_loss", "mask_losses", "matched_predictions", "validate_masks"]

@@ -128,7 +128,8 @@ def segmentation_model(detector, freeze_detector: bool):
     for detector_class, segmentation_class in family.items():
         if isinstance(detector, detector_class):
             return segmentation_class.from_detector(detector, freeze_detector=freeze_detector)
-    raise UsageError(f"--task panoptic|instance needs a DETR or Deformable DETR detector, got {type(detector).__name__}")
+    raise UsageError(f"--task panoptic|instance needs a DETR or Deformable DETR detector, got "
+                     f"{type(detector).__name__}")
 
 
 def carry_over_class_rows(detector, checkpoint: Path, log=print) -> int:
@@ -203,8 +204,8 @@ def panoptic_metrics(data: SegmentationData, predictions: dict) -> dict:
         metric.update(record.panoptic_png, record.segments_info, pred_map, pred_segments, image_id=record.image_id)
     result = metric.compute()
     names = {int(c["id"]): c["name"] for c in data.categories}
-    summary = {key + suffix: result[group][key] for group, suffix in (("All", ""), ("Things", "_things"),
-                                                                      ("Stuff", "_stuff")) for key in ("pq", "sq", "rq")}
+    groups = (("All", ""), ("Things", "_things"), ("Stuff", "_stuff"))
+    summary = {key + suffix: result[group][key] for group, suffix in groups for key in ("pq", "sq", "rq")}
     return {**summary, "per_class": {names[c]: v for c, v in result["per_class"].items()}}
 
 
@@ -328,7 +329,8 @@ def train_segmentation(config: TrainConfig) -> dict:
     history = {}
     if config.freeze_detector and config.detector_step:  # the paper's first step
         step1 = dataclasses.replace(config, **config.detector_step)
-        log(f"step 1: the detector on {len(data.id2label)} classes ({', '.join(f'{k} {v}' for k, v in config.detector_step.items())})")
+        overrides = ", ".join(f"{k} {v}" for k, v in config.detector_step.items())
+        log(f"step 1: the detector on {len(data.id2label)} classes ({overrides})")
         history["detector"] = train_step(detector, data, step1, accelerator, "detector")
         if accelerator.is_main_process:
             accelerator.unwrap_model(detector).save_pretrained(output / "detector")
