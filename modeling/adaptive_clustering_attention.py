@@ -11,7 +11,7 @@ Where this differs from the official CUDA code, on purpose:
 - the projections are drawn once from `seed` (not at every call), so the same image gives the same detections;
   they are recomputed from the seed, never stored, so checkpoints without them load and stay small;
 - rounds are combined exactly (equal code vectors), where the official code packs each round into 2 bits and so
-  may merge queries whose codes differ by a multiple of 4 in a round;
+  may merge queries whose codes differ (a code above 3 carries into the next round's bits);
 - the bias is drawn from U(0, r) as E2LSH defines it (the official code draws U(0, 1) before dividing by r);
 - padded pixels are clustered apart from real ones and masked as keys (the official code hashes them together).
 """
