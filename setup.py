@@ -59,7 +59,8 @@ setup(
     ],
     extras_require={
         # the deploy tests run in CI too (the browser test also needs Debian's chromium + chromium-driver)
-        "test": ["pytest>=8", "hypothesis>=6.100", *DEPLOY_EXTRAS, "selenium>=4.10"],
+        # setuptools with its own bdist_wheel: the wheel test builds offline (no build isolation)
+        "test": ["pytest>=8", "hypothesis>=6.100", "setuptools>=70.1", *DEPLOY_EXTRAS, "selenium>=4.10"],
         **DEPLOY,
     },
 )

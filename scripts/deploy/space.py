@@ -48,7 +48,7 @@ def build_wheel(out_dir: Path) -> str:
     if root is None:
         raise RuntimeError("detrkit is not installed from a checkout: pass --detrkit-requirement (e.g. a git URL)")
     before = set(out_dir.glob("detrkit-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(out_dir), str(root)], check=True)
     wheels = sorted(set(out_dir.glob("detrkit-*.whl")) - before) or sorted(out_dir.glob("detrkit-*.whl"))
     return f"./{wheels[-1].name}"
