@@ -17,8 +17,8 @@ feature-map sizes into symbols and then specialises them where they reach `torch
 (Deformable DETR's reference points and level shapes): the export then fails for dynamic height and width. The
 trace records those sizes as graph values. Deformable attention is exported through its PyTorch path
 (`grid_sample`, ONNX opset >= 16): a standard op every ONNX runtime has, where the compiled kernel would need a
-custom-op library next to the file; measured (scripts/benchmark_onnx.py, figures in the README's "Export"), the
-whole graph in onnxruntime is not slower than detrkit's PyTorch path with its kernel, so the portable op stays.
+custom-op library next to the file, so the file runs anywhere. The price is speed: grid_sample is slower than
+the kernel (scripts/benchmark_onnx.py --op; figures in the README's "Export").
 """
 from __future__ import annotations
 
