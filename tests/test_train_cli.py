@@ -115,7 +115,7 @@ MISTAKES = [
       "{tmp}/run"], ["not a checkpoint folder"]),
     (["train", "--model", "{tmp}/model", "--data", "shapes-b", "--output-dir", "{tmp}/out"], ["model"]),
     (["evaluate", "{tmp}/model", "--data", "{tmp}/coco", "--split", "train"], ["instances_train.json"]),
-    (["evaluate", "{tmp}/nowhere", "--data", "shapes-b"], ["nowhere"]),
+    (["evaluate", "{tmp}/nowhere", "--data", "shapes-b"], ["nowhere: no such folder"]),
     (["predict", "{tmp}/model", "{tmp}/nowhere.png"], ["nowhere.png"]),
     (["predict", "{tmp}/model", "{tmp}/coco/train"], ["no images"]),
     (["predict", "{tmp}/model", "{tmp}/x.png", "--save-coco-json", "r.json"], ["--save-coco-json needs --data"]),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .models import looks_like_path
+
 
 def load_pretrained(model_id: str, device: str = "cpu", trust_remote_code: bool = False):
     """(model in eval mode, image processor). detrkit's classes and transformers' own DETR / Deformable DETR load
@@ -14,6 +16,8 @@ def load_pretrained(model_id: str, device: str = "cpu", trust_remote_code: bool 
     local = Path(model_id).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{model_id}: no config.json inside; not a save_pretrained model folder")
+    if not local.exists() and looks_like_path(model_id):
+        raise FileNotFoundError(f"{model_id}: no such folder")
     source = str(local) if local.exists() else model_id
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
