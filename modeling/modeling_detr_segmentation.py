@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .detr_base import check_inputs
 from .loss import SetCriterion
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .mask_loss import mask_losses, matched_predictions, validate_masks
@@ -155,6 +156,11 @@ class _SegmentationHead:
     output_class = DetrSegmentationOutput
     uses_focal_loss = False
     model_card_template = "detr_segmentation"  # model_cards/<name>.md
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)  # the detector base's, next in the MRO
+        _init_head_weights(module)
 
     def _build_head(self, config, stage_indices: list[int]):
         backbone = self.detr.model.backbone.conv_encoder
@@ -303,16 +309,9 @@ class DetrForSegmentation(_SegmentationHead, DetrPreTrainedModel):
         self._build_head(config, _stage_indices(self.detr))
         self.post_init()
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        _init_head_weights(module)
-
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        if pixel_mask is None:
-            pixel_mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], dtype=torch.long,
-                                    device=pixel_values.device)
+        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
         detection, (c2, c3, c4, c5) = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
                                                          output_hidden_states)
         batch_size, height, width = c5.shape[0], *c5.shape[-2:]
@@ -343,16 +342,9 @@ class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedM
         self._build_head(config, stages)
         self.post_init()
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        _init_head_weights(module)
-
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        if pixel_mask is None:
-            pixel_mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], dtype=torch.long,
-                                    device=pixel_values.device)
+        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
         detection, stage_maps = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
                                                    output_hidden_states)
         by_stage = dict(zip(self.stage_tap.stage_indices, stage_maps))
