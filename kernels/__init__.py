@@ -9,6 +9,9 @@ Same signature, shapes and results as the PyTorch reference
 kernel for CUDA tensors, the CPU kernel for CPU tensors, and the reference when `use_kernel=False`, when
 DETRKIT_DISABLE_KERNELS=1, on other devices, or when the kernel cannot be built (a one-line warning says why,
 once). Nothing is compiled at import; the first call builds (about a minute) into a cache, see `build.py`.
+
+Also here: `detrkit.kernels.panoptic_merge`, the fused CPU pass of panoptic post-processing (upsample, weight,
+argmax, areas), used by processing/segmentation_postprocessing.py when available.
 """
 from __future__ import annotations
 

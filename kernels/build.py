@@ -1,11 +1,13 @@
-"""Just-in-time build and load of the multi-scale deformable attention kernels.
+"""Just-in-time build and load of detrkit's kernels.
 
-Two independent libraries, built lazily on first use with torch.utils.cpp_extension (ninja) and cached
+Independent libraries, built lazily on first use with torch.utils.cpp_extension (ninja) and cached
 under a folder keyed by torch / CUDA / Python versions and a hash of the sources and flags, so a later
 process only loads the shared object:
 
 - ``cpu``:  kernels/csrc/msda_cpu.cpp, registers ``torch.ops.detrkit_msda_cpu.{forward,backward}``
 - ``cuda``: kernels/csrc/msda_cuda.cu, registers ``torch.ops.detrkit_msda_cuda.{forward,backward}``
+- ``panoptic_cpu``: kernels/csrc/panoptic_merge_cpu.cpp, registers
+  ``torch.ops.detrkit_panoptic_cpu.{merge,upsample_bilinear}`` (panoptic post-processing, see panoptic_merge.py)
 
 The CUDA build works without a GPU: the loader resolves the real toolkit behind an ``nvcc`` wrapper
 script, picks an architecture list and adds the headers of the pip ``nvidia`` wheels when the toolkit
@@ -33,7 +35,10 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = {"cpu": ["msda_cpu.cpp"], "cuda": ["msda_cuda.cu"]}
+SOURCES = {"cpu": ["msda_cpu.cpp"], "cuda": ["msda_cuda.cu"], "panoptic_cpu": ["panoptic_merge_cpu.cpp"]}
+LIBRARY_NAMES = {"cpu": "detrkit_msda_cpu", "cuda": "detrkit_msda_cuda", "panoptic_cpu": "detrkit_panoptic_cpu"}
+# The panoptic kernel must round exactly as ATen's upsampling does; it writes its fused multiply-adds itself.
+EXTRA_CFLAGS = {"panoptic_cpu": ["-ffp-contract=off"]}
 HEADERS = ["msda_common.h"]
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # A100, H100; the PTX lets newer GPUs JIT-compile it
 
@@ -157,9 +162,10 @@ def _cpu_flags() -> tuple[list[str], str]:
 
 
 def _build_spec(backend: str) -> dict:
-    spec = {"name": f"detrkit_msda_{backend}", "sources": [str(CSRC / s) for s in SOURCES[backend]]}
-    if backend == "cpu":
+    spec = {"name": LIBRARY_NAMES[backend], "sources": [str(CSRC / s) for s in SOURCES[backend]]}
+    if backend != "cuda":
         cflags, machine_key = _cpu_flags()
+        cflags += EXTRA_CFLAGS.get(backend, [])
         spec.update(extra_cflags=cflags, extra_ldflags=["-fopenmp"], key=[machine_key, *cflags])
     else:
         if torch.version.cuda is None:
@@ -217,7 +223,7 @@ def _build_and_load(backend: str) -> str:
 
 
 def load_kernel(backend: str = "cpu") -> KernelStatus:
-    """Build (first time only) and load the `cpu` or `cuda` kernel library; never raises. The returned
+    """Build (first time only) and load one kernel library (`cpu`, `cuda`, `panoptic_cpu`); never raises. The returned
     status says whether it is loaded and, if not, why."""
     if backend not in SOURCES:
         raise ValueError(f"backend must be one of {sorted(SOURCES)}, got {backend!r}")

@@ -11,7 +11,10 @@ the outputs are the same on the same model outputs:
 - queries of a class in `label_ids_to_fuse` (stuff) share one segment id per class.
 
 What differs is the cost: one argmax over the kept queries, areas by bincount, segment ids mapped onto the
-pixel map with one index op, instead of a Python loop that scans the whole map once per query. One deliberate
+pixel map with one index op, instead of a Python loop that scans the whole map once per query. On CPU, when
+detrkit's kernels are installed and build, the upsampling, argmax and areas are one fused pass that never holds
+the (K, H, W) upsampled tensor (detrkit.kernels.panoptic_merge, bit-equal to the PyTorch steps here, which stay
+as the fallback; this file must also run without detrkit, as Hub remote code). One deliberate
 difference: transformers re-uses a fused class's id as its running counter, so a new segment after a fused one
 can get an id already given to another segment (two objects merged into one); here ids always increase.
 
@@ -24,6 +27,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+try:  # optional: Hub remote code copies this file without detrkit
+    from detrkit.kernels.panoptic_merge import PanopticMergeError, panoptic_merge
+except ImportError:
+    panoptic_merge = None
 
 
 class SegmentationPostProcessingError(ValueError):
@@ -120,13 +128,14 @@ def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_ar
 
     mask_probs (K, h, w) sigmoid probabilities (overwritten when not resized), scores and labels (K,), K >= 1.
     """
-    if target_size is not None:
-        mask_probs = upsample(mask_probs, target_size, workspace)
     num_queries = len(mask_probs)
-    mask_probs *= scores.view(-1, 1, 1)
-    winner = mask_probs.max(0).indices  # (H, W); first index among ties, as argmax; faster than argmax on CPU
-    won_area = torch.bincount(winner.view(-1), minlength=num_queries)
-    own_area = count_at_least(mask_probs, mask_threshold, workspace)
+    merged = None
+    if panoptic_merge is not None:
+        try:
+            merged = panoptic_merge(mask_probs, scores, target_size, mask_threshold)
+        except PanopticMergeError as error:
+            raise SegmentationPostProcessingError(str(error)) from None
+    winner, won_area, own_area = merged or merge_queries(mask_probs, scores, mask_threshold, target_size, workspace)
     # The ratio as float32, compared in float64, as transformers' `.item() > threshold` does: 4 / 5 must pass 0.8.
     ratio = won_area / own_area.clamp(min=1)
     valid = (won_area > 0) & (own_area > 0) & (ratio.double() > overlap_mask_area_threshold)
@@ -142,6 +151,19 @@ def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_ar
         for i, label, score in zip(ids, valid_labels, scores[valid_index].tolist())
     ]
     return segmentation, segments
+
+
+def merge_queries(mask_probs, scores, mask_threshold, target_size, workspace: Workspace | None = None):
+    """(winner (H, W): the query of highest score-weighted upsampled probability per pixel, won_area (K,): its
+    pixels per query, own_area (K,): per query the pixels whose weighted probability is >= mask_threshold)."""
+    if target_size is not None:
+        mask_probs = upsample(mask_probs, target_size, workspace)
+    mask_probs *= scores.view(-1, 1, 1)
+    best = mask_probs.max(0)  # (H, W); first index among ties, as argmax; faster than argmax on CPU
+    if best.values.isnan().any():  # max propagates NaN, so the (H, W) maxima show any NaN of the (K, H, W) tensor
+        raise SegmentationPostProcessingError("the kept queries' mask probabilities contain NaN")
+    won_area = torch.bincount(best.indices.view(-1), minlength=len(mask_probs))
+    return best.indices, won_area, count_at_least(mask_probs, mask_threshold, workspace)
 
 
 def count_at_least(values: torch.Tensor, threshold: float, workspace: Workspace | None = None) -> torch.Tensor:
@@ -172,7 +194,6 @@ def segment_batch(outputs, threshold, mask_threshold, overlap_mask_area_threshol
     sizes = target_size_list(target_sizes, len(logits))
     scores, labels, is_object = query_scores(logits, sigmoid_scores)
     keep = is_object & (scores > threshold)
-    mask_probs = masks.sigmoid()
     workspace = Workspace()
     results = []
     for i, size in enumerate(sizes):
@@ -181,7 +202,7 @@ def segment_batch(outputs, threshold, mask_threshold, overlap_mask_area_threshol
             results.append((torch.zeros((height, width)) - 1, [], False))
             continue
         segmentation, segments = compute_segments(
-            mask_probs[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]], mask_threshold,
+            masks[i][keep[i]].sigmoid(), scores[i][keep[i]], labels[i][keep[i]], mask_threshold,
             overlap_mask_area_threshold, label_ids_to_fuse, size, workspace,
         )
         results.append((segmentation, segments, True))

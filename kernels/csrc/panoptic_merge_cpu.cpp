@@ -1,0 +1,272 @@
+// Panoptic merge on CPU: the per-pixel argmax over kept queries of score_k * bilinear_up(prob_k), and the two
+// areas per query that the overlap test needs, without materialising the (K, H, W) upsampled tensor.
+//
+// The upsampled values must be bit-equal to F.interpolate(mode="bilinear", align_corners=False) on this torch,
+// or a pixel whose two best queries are within one rounding of each other could go to the other query. ATen's
+// CPU kernel for NCHW float inputs is separable: taps and lambdas per output coordinate
+// (HelperInterpLinear::compute_indices_weights), then a pass along the width into a (K, h, W) buffer, then a
+// pass along the height, each value `t0 * w0 + t1 * w1`. Whether the compiler contracted those expressions (and
+// the source-index one) into fused multiply-adds depends on the CPU capability ATen dispatches to, so it is a
+// run-time argument here; the Python side finds which one this torch uses by comparing on a probe. This file is
+// compiled with -ffp-contract=off so that nothing else is contracted behind our back.
+//
+// Layout: each thread owns a contiguous block of output rows and keeps the two source rows it currently needs,
+// width-interpolated, for every query (2 x K x W floats); an output row is then K passes over W contiguous
+// floats, which vectorise. Areas are counted per thread and summed at the end.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+namespace panoptic {
+namespace {
+
+// ATen's `t0 * w0 + t1 * w1`, contracted as the AVX2 / AVX-512 builds contract it or not at all.
+template <bool kFma>
+inline float combine(float t0, float w0, float t1, float w1) {
+  if constexpr (kFma) {
+    return std::fma(t0, w0, t1 * w1);
+  } else {
+    return t0 * w0 + t1 * w1;
+  }
+}
+
+// Source taps and lambdas of every output coordinate along one dimension (align_corners=False).
+struct Taps {
+  bool identity;  // same size: ATen copies instead of interpolating
+  std::vector<int64_t> i0, i1;
+  std::vector<float> l0, l1;
+};
+
+Taps linear_taps(int64_t input_size, int64_t output_size, bool fma) {
+  Taps taps{input_size == output_size, std::vector<int64_t>(output_size), std::vector<int64_t>(output_size),
+            std::vector<float>(output_size), std::vector<float>(output_size)};
+  // area_pixel_compute_scale: float(in) / out, in the op's math type (float for float inputs).
+  const float scale = static_cast<float>(input_size) / static_cast<float>(output_size);
+  for (int64_t i = 0; i < output_size; ++i) {
+    if (taps.identity) {
+      taps.i0[i] = taps.i1[i] = i;
+      taps.l0[i] = 1.f;
+      taps.l1[i] = 0.f;
+      continue;
+    }
+    // area_pixel_compute_source_index: scale * (dst + 0.5) - 0.5, clamped at 0 (not cubic).
+    const float dst = static_cast<float>(i) + 0.5f;
+    float source = fma ? std::fma(scale, dst, -0.5f) : scale * dst - 0.5f;
+    source = source < 0.f ? 0.f : source;
+    // guard_index_and_lambda, then the second tap one further unless at the border.
+    const int64_t i0 = std::min(static_cast<int64_t>(std::floor(source)), input_size - 1);
+    const float l1 = std::min(std::max(source - static_cast<float>(i0), 0.f), 1.f);
+    taps.i0[i] = i0;
+    taps.i1[i] = i0 + (i0 < input_size - 1 ? 1 : 0);
+    taps.l0[i] = 1.f - l1;
+    taps.l1[i] = l1;
+  }
+  return taps;
+}
+
+// One source row interpolated along the width: (w,) -> (W,). Returns whether a NaN came out.
+template <bool kFma>
+bool width_pass(const float* __restrict source, const Taps& taps, int64_t out_width, float* __restrict row) {
+  if (taps.identity) {
+    std::memcpy(row, source, out_width * sizeof(float));
+  } else {
+    const int64_t* __restrict i0 = taps.i0.data();
+    const int64_t* __restrict i1 = taps.i1.data();
+    const float* __restrict l0 = taps.l0.data();
+    const float* __restrict l1 = taps.l1.data();
+    for (int64_t x = 0; x < out_width; ++x) row[x] = combine<kFma>(source[i0[x]], l0[x], source[i1[x]], l1[x]);
+  }
+  bool nan = false;
+  for (int64_t x = 0; x < out_width; ++x) nan |= row[x] != row[x];
+  return nan;
+}
+
+// The height pass of one output row from its two width-interpolated source rows.
+template <bool kFma>
+inline float height_pass(const float* __restrict r0, const float* __restrict r1, float m0, float m1, int64_t x,
+                         bool identity) {
+  return identity ? r0[x] : combine<kFma>(r0[x], m0, r1[x], m1);
+}
+
+struct Inputs {
+  const float* probs;  // (K, h, w)
+  const float* scores;  // (K,)
+  int64_t K, h, w, H, W;
+  float threshold;
+  Taps rows, cols;
+};
+
+// The two width-interpolated source rows a thread holds, for all queries: slot s, query k -> K x W floats.
+template <bool kFma>
+class RowCache {
+ public:
+  explicit RowCache(const Inputs& in) : in_(in), data_(2 * in.K * in.W) {}
+
+  // Rows of source row y for all queries (each W floats, query-major), keeping the slot that holds `keep`.
+  const float* get(int64_t y, int64_t keep) {
+    for (int s = 0; s < 2; ++s) {
+      if (held_[s] == y) return slot(s);
+    }
+    const int s = held_[0] == keep ? 1 : 0;
+    float* rows = slot(s);
+    for (int64_t k = 0; k < in_.K; ++k) {
+      nan_ |= width_pass<kFma>(in_.probs + (k * in_.h + y) * in_.w, in_.cols, in_.W, rows + k * in_.W);
+    }
+    held_[s] = y;
+    return rows;
+  }
+  bool saw_nan() const { return nan_; }
+
+ private:
+  float* slot(int s) { return data_.data() + s * in_.K * in_.W; }
+  const Inputs& in_;
+  std::vector<float> data_;
+  int64_t held_[2] = {-1, -1};
+  bool nan_ = false;
+};
+
+// Output rows [begin, end): winner per pixel, and per query the pixels won and the pixels >= threshold.
+template <bool kFma>
+bool merge_rows(const Inputs& in, int64_t begin, int64_t end, int32_t* winner, int64_t* won, int64_t* own) {
+  RowCache<kFma> cache(in);
+  const int64_t W = in.W;
+  std::vector<float> best_buffer(W);
+  float* __restrict best = best_buffer.data();
+  for (int64_t y = begin; y < end; ++y) {
+    const int64_t y0 = in.rows.i0[y], y1 = in.rows.i1[y];
+    const float m0 = in.rows.l0[y], m1 = in.rows.l1[y];
+    const float* rows0 = cache.get(y0, y1);
+    const float* rows1 = cache.get(y1, y0);
+    int32_t* __restrict index = winner + y * W;
+    for (int64_t k = 0; k < in.K; ++k) {
+      const float* __restrict r0 = rows0 + k * W;
+      const float* __restrict r1 = rows1 + k * W;
+      const float score = in.scores[k], threshold = in.threshold;
+      const int32_t query = static_cast<int32_t>(k);
+      int64_t count = 0;
+      if (k == 0) {
+        for (int64_t x = 0; x < W; ++x) {
+          const float v = height_pass<kFma>(r0, r1, m0, m1, x, in.rows.identity) * score;
+          count += v >= threshold;
+          best[x] = v;
+          index[x] = 0;
+        }
+      } else {
+        // Strictly greater: the first query among equal values keeps the pixel, as torch.max(0) does.
+        for (int64_t x = 0; x < W; ++x) {
+          const float v = height_pass<kFma>(r0, r1, m0, m1, x, in.rows.identity) * score;
+          count += v >= threshold;
+          const bool better = v > best[x];
+          best[x] = better ? v : best[x];
+          index[x] = better ? query : index[x];
+        }
+      }
+      own[k] += count;
+    }
+    for (int64_t x = 0; x < W; ++x) ++won[index[x]];
+  }
+  return cache.saw_nan();
+}
+
+void check_inputs(const at::Tensor& probs, int64_t height, int64_t width) {
+  TORCH_CHECK(probs.device().is_cpu() && probs.scalar_type() == at::kFloat && probs.dim() == 3,
+              "mask_probs must be a CPU float32 tensor (K, h, w), got ", probs.scalar_type(), " ", probs.sizes(),
+              " on ", probs.device());
+  TORCH_CHECK(probs.size(0) > 0 && probs.size(1) > 0 && probs.size(2) > 0, "mask_probs must not be empty, got ",
+              probs.sizes());
+  TORCH_CHECK(height > 0 && width > 0, "target size must be positive, got (", height, ", ", width, ")");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> merge(const at::Tensor& mask_probs, const at::Tensor& scores,
+                                                           int64_t height, int64_t width, double mask_threshold,
+                                                           bool fused_multiply_add) {
+  check_inputs(mask_probs, height, width);
+  const int64_t K = mask_probs.size(0);
+  TORCH_CHECK(scores.device().is_cpu() && scores.scalar_type() == at::kFloat && scores.dim() == 1 &&
+                  scores.size(0) == K,
+              "scores must be a CPU float32 tensor (K,) with K = ", K, ", got ", scores.scalar_type(), " ",
+              scores.sizes());
+  TORCH_CHECK(K <= INT32_MAX, "too many queries: ", K);
+  const at::Tensor probs = mask_probs.contiguous(), score = scores.contiguous();
+  const int64_t h = probs.size(1), w = probs.size(2);
+  // torch compares a float32 tensor with a Python float in float32.
+  const Inputs in{probs.data_ptr<float>(), score.data_ptr<float>(), K, h, w, height, width,
+                  static_cast<float>(mask_threshold), linear_taps(h, height, fused_multiply_add),
+                  linear_taps(w, width, fused_multiply_add)};
+
+  at::Tensor winner = at::empty({height, width}, probs.options().dtype(at::kInt));
+  at::Tensor won = at::zeros({K}, probs.options().dtype(at::kLong));
+  at::Tensor own = at::zeros({K}, probs.options().dtype(at::kLong));
+  int32_t* winner_data = winner.data_ptr<int32_t>();
+  int64_t* won_total = won.data_ptr<int64_t>();
+  int64_t* own_total = own.data_ptr<int64_t>();
+  std::mutex mutex;
+  bool nan = false;
+  // Blocks of at least 16 rows: a block recomputes up to two source rows its neighbour also computed.
+  at::parallel_for(0, height, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> won_local(K, 0), own_local(K, 0);
+    const bool block_nan = fused_multiply_add
+                               ? merge_rows<true>(in, begin, end, winner_data, won_local.data(), own_local.data())
+                               : merge_rows<false>(in, begin, end, winner_data, won_local.data(), own_local.data());
+    std::lock_guard<std::mutex> lock(mutex);
+    nan |= block_nan;
+    for (int64_t k = 0; k < K; ++k) {
+      won_total[k] += won_local[k];
+      own_total[k] += own_local[k];
+    }
+  });
+  return {winner, won, own, nan};
+}
+
+// The upsampled maps themselves (K, H, W), from the same taps and passes as `merge`: for tests against
+// F.interpolate, not for speed.
+at::Tensor upsample_bilinear(const at::Tensor& mask_probs, int64_t height, int64_t width, bool fused_multiply_add) {
+  check_inputs(mask_probs, height, width);
+  const at::Tensor probs = mask_probs.contiguous();
+  const int64_t K = probs.size(0), h = probs.size(1), w = probs.size(2);
+  const Taps rows = linear_taps(h, height, fused_multiply_add), cols = linear_taps(w, width, fused_multiply_add);
+  at::Tensor output = at::empty({K, height, width}, probs.options());
+  const float* source = probs.data_ptr<float>();
+  float* out = output.data_ptr<float>();
+  std::vector<float> r0(width), r1(width);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t y = 0; y < height; ++y) {
+      const float* plane = source + k * h * w;
+      if (fused_multiply_add) {
+        width_pass<true>(plane + rows.i0[y] * w, cols, width, r0.data());
+        width_pass<true>(plane + rows.i1[y] * w, cols, width, r1.data());
+      } else {
+        width_pass<false>(plane + rows.i0[y] * w, cols, width, r0.data());
+        width_pass<false>(plane + rows.i1[y] * w, cols, width, r1.data());
+      }
+      float* row = out + (k * height + y) * width;
+      for (int64_t x = 0; x < width; ++x) {
+        row[x] = fused_multiply_add ? height_pass<true>(r0.data(), r1.data(), rows.l0[y], rows.l1[y], x, rows.identity)
+                                    : height_pass<false>(r0.data(), r1.data(), rows.l0[y], rows.l1[y], x, rows.identity);
+      }
+    }
+  }
+  return output;
+}
+
+}  // namespace
+}  // namespace panoptic
+
+TORCH_LIBRARY(detrkit_panoptic_cpu, m) {
+  m.def("merge(Tensor mask_probs, Tensor scores, int height, int width, float mask_threshold, "
+        "bool fused_multiply_add) -> (Tensor, Tensor, Tensor, bool)");
+  m.def("upsample_bilinear(Tensor mask_probs, int height, int width, bool fused_multiply_add) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(detrkit_panoptic_cpu, CPU, m) {
+  m.impl("merge", &panoptic::merge);
+  m.impl("upsample_bilinear", &panoptic::upsample_bilinear);
+}
