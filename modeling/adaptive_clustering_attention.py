@@ -31,21 +31,51 @@ def e2lsh_codes(x: torch.Tensor, projections: torch.Tensor, bias: torch.Tensor, 
     return torch.floor((x @ projections + bias) / bucket_width).long()
 
 
-def adaptive_clusters(codes: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def adaptive_clusters(codes: torch.Tensor, valid: torch.Tensor | None = None,
+                      traceable: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Group the queries of each row that share all L codes.
 
     codes (..., N, L) integer; valid (..., N) bool (True on real pixels) or None. Padded queries only ever share a
     cluster with padded queries of the same row. Returns the cluster index of every query (..., N), in
-    [0, num_clusters) of its row, and num_clusters (...,).
+    [0, num_clusters) of its row, numbered in the lexicographic order of (padding flag, code_1, ..., code_L), and
+    num_clusters (...,). `traceable` picks how equal code vectors are found (None: traceable while a
+    torch.jit trace records, as torch.onnx.export does); both ways give the same tensors.
     """
     *lead, n, rounds = codes.shape
-    rows = codes[..., 0, 0].numel()
-    codes = codes.reshape(rows * n, rounds)
+    codes = codes.reshape(-1, n, rounds)
+    # sizes read from shapes, never from values, so a trace keeps them as graph values
+    row_ids = torch.arange(codes.shape[0], device=codes.device)
+    row_of = row_ids[:, None].expand(-1, n).reshape(-1)  # (rows * N,)
+    padded = torch.zeros_like(row_of) if valid is None else (~valid.reshape(-1).bool()).long()
+    codes = codes.reshape(-1, rounds)
+    if torch.jit.is_tracing() if traceable is None else traceable:
+        cluster, cluster_row = _lexicographic_clusters(row_of, padded, codes)
+    else:
+        cluster, cluster_row = _folded_clusters(row_of, padded, codes)
+    num_clusters = torch.zeros_like(row_ids).scatter_add(0, cluster_row, torch.ones_like(cluster_row))
+    first_of_row = num_clusters.cumsum(0) - num_clusters
+    local = cluster - first_of_row[row_of]
+    return local.reshape(*lead, n), num_clusters.reshape(lead)
+
+
+def _lexicographic_clusters(row_of: torch.Tensor, padded: torch.Tensor,
+                            codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clusters as the distinct rows of (row, padding flag, codes) (ONNX Unique with an axis, sorted the same way
+    as the folded keys): no Python-side number, so a trace records the cluster count. Slower in eager mode, where
+    torch.unique(dim=0) compares the rows one column at a time.
+
+    row_of, padded (M,); codes (M, L) -> global cluster index (M,) (row-major), each cluster's row (K,)."""
+    keys = torch.cat([row_of[:, None], padded[:, None], codes], 1)
+    distinct, cluster = torch.unique(keys, dim=0, return_inverse=True)
+    return cluster, distinct[:, 0]
+
+
+def _folded_clusters(row_of: torch.Tensor, padded: torch.Tensor,
+                     codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `_lexicographic_clusters`, by folding the rounds into one int64 key per query and a 1-D unique."""
+    rounds = codes.shape[1]
     codes = codes - codes.min(0).values  # non-negative, so a code never borrows from the key above it
-    row_of = torch.arange(rows, device=codes.device).repeat_interleave(n)
-    key = row_of * 2
-    if valid is not None:
-        key = key + (~valid.reshape(rows * n).bool()).long()
+    key = row_of * 2 + padded
     # Fold the rounds into one int64 key per query, (key, code) -> key * span + code, which keeps the order of
     # (row, padding flag, code_1, ..., code_L); re-number the keys densely whenever the next round would overflow.
     spans = (codes.max(0).values + 1).tolist()
@@ -63,13 +93,8 @@ def adaptive_clusters(codes: torch.Tensor, valid: torch.Tensor | None = None) ->
         multiplier = int(math.prod(spans[start:stop]))
         key = key * multiplier + (codes[:, start:stop] * torch.tensor(weights, device=codes.device)).sum(1)
         start = stop
-    cluster = torch.unique(key, return_inverse=True)[1]  # sorted: row-major over the clusters
-    total = int(cluster.max()) + 1
-    cluster_row = torch.zeros(total, dtype=torch.long, device=codes.device).scatter_(0, cluster, row_of)
-    num_clusters = torch.bincount(cluster_row, minlength=rows)
-    first_of_row = num_clusters.cumsum(0) - num_clusters
-    local = cluster - first_of_row[row_of]
-    return local.reshape(*lead, n), num_clusters.reshape(lead)
+    distinct, cluster = torch.unique(key, return_inverse=True)  # sorted: row-major over the clusters
+    return cluster, torch.zeros_like(distinct).scatter_(0, cluster, row_of)
 
 
 def clustered_attention(
@@ -89,14 +114,14 @@ def clustered_attention(
     attention weights (its prototype's, (B, H, N, Nk)). Differentiable in q, k and v for fixed clusters.
     """
     batch, heads, n, d = q.shape
-    slots = int(num_clusters.max())
-    # each query's slot in the (B * H * K) prototype rows; row-wise index_add / index_select are far cheaper on
-    # the CPU than scatter / gather with a (B, H, N, d) index
+    slots = num_clusters.max()  # kept a tensor: a trace then sizes the prototype buffer per image
+    # each query's slot in the (B * H * K) prototype rows; scatter_add, not index_add, whose ONNX export drops
+    # repeated indices
     row = torch.arange(batch * heads, device=q.device).unsqueeze(-1) * slots
     slot = (clusters.reshape(batch * heads, n) + row).reshape(-1)
-    sums = q.new_zeros(batch * heads * slots, d).index_add(0, slot, q.reshape(-1, d))
-    counts = torch.bincount(slot, minlength=batch * heads * slots).to(q.dtype)
-    prototypes = (sums / counts.clamp(min=1).unsqueeze(-1)).view(batch, heads, slots, d)  # unused slots stay 0
+    sums = q.new_zeros(batch * heads * slots, d).scatter_add(0, slot[:, None].expand(-1, d), q.reshape(-1, d))
+    counts = q.new_zeros(batch * heads * slots).scatter_add(0, slot, q.new_ones(slot.shape))
+    prototypes = (sums / counts.clamp(min=1).unsqueeze(-1)).view(batch, heads, -1, d)  # unused slots stay 0
     attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].bool()
     weights = None
     if output_attentions:
@@ -130,7 +155,7 @@ class AdaptiveClusteringAttention(MultiheadAttention):
         self.bucket_width = float(bucket_width)
         self.seed = seed
         self.num_clusters: torch.Tensor | None = None
-        self._hash_cache = None  # (device, rounds, width) -> hash functions; drawn again when any changes
+        self._hash_cache = None  # (device, rounds, width, seed) -> hash functions; drawn again when any changes
 
     def hash_functions(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The E2LSH projections a (d_head, L) ~ N(0, 1) and biases b (L,) ~ U(0, r), drawn from `seed` on the CPU
@@ -145,12 +170,18 @@ class AdaptiveClusteringAttention(MultiheadAttention):
         bias = uniform[:, -1] * self.bucket_width
         return projections.to(device, dtype), bias.to(device, dtype)
 
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, H * d) -> (B, H, N, d), with reshape and the input's own sizes: the ONNX exporter loses the sizes
+        that come out of `unflatten` and would fix N, which the clustering reads, to the traced example's."""
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
     @torch.no_grad()
     def cluster(self, q: torch.Tensor, key_padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, H, N, d) unscaled queries -> (cluster index (B, H, N), num_clusters (B, H))."""
-        if self._hash_cache is None or self._hash_cache[0] != (q.device, self.hash_rounds, self.bucket_width):
-            self._hash_cache = ((q.device, self.hash_rounds, self.bucket_width),
-                                self.hash_functions(q.device, torch.float32))
+        settings = (q.device, self.hash_rounds, self.bucket_width, self.seed)
+        if self._hash_cache is None or self._hash_cache[0] != settings:
+            self._hash_cache = (settings, _untraced(self.hash_functions, q.device, torch.float32))
         projections, bias = self._hash_cache[1]
         codes = e2lsh_codes(q.float() * self.head_dim**-0.5, projections, bias, self.bucket_width)
         valid = None if key_padding_mask is None else key_padding_mask[:, None, :].expand(-1, q.shape[1], -1)
@@ -170,6 +201,17 @@ class AdaptiveClusteringAttention(MultiheadAttention):
         out, weights = clustered_attention(q, k, v, clusters, num_clusters, key_padding_mask,
                                            self.dropout if self.training else 0.0, output_attentions)
         return self.out_proj(out.transpose(1, 2).flatten(2)), weights
+
+
+def _untraced(function, *args):
+    """function(*args) with a running torch.jit trace (torch.onnx.export's) paused: the hash functions are constants
+    of the model, and a recorded draw would carry its torch.Generator, which has no ONNX form."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        return function(*args)
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def from_config(config) -> AdaptiveClusteringAttention:

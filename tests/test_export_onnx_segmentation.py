@@ -1,6 +1,6 @@
 """ONNX export of the segmentation models (DETR and Deformable DETR + mask head) against PyTorch: logits, boxes and
 mask logits at two sizes, batch 2, within 1e-4; with --postprocess, each detection's mask at the input size.
-ACT-switched DETR is refused with the reason."""
+(ACT-switched DETR: test_export_onnx_act.py.)"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from test_export_onnx import TOLERANCE, max_diff, session
 pytest.importorskip("onnxruntime")
 
 from detrkit.deploy.export import export_onnx  # noqa: E402
-from detrkit.modeling import DeformableDetrConfig, DetrConfig, DetrForObjectDetection  # noqa: E402
+from detrkit.modeling import DeformableDetrConfig, DetrConfig  # noqa: E402
 
 segmentation = pytest.importorskip("detrkit.modeling.modeling_detr_segmentation")
 MASK_SMALL = dict(SMALL, encoder_attention_heads=8)  # the mask head's GroupNorm needs d_model + heads = 8k
@@ -49,9 +49,3 @@ def test_segmentation_models(deformable, tmp_path):
                                  for i, q in enumerate(queries)])
         assert masks.shape == (2, queries.shape[1], height, width)
         assert max_diff(masks, reference) <= TOLERANCE
-
-
-def test_act_is_refused_with_the_reason(tmp_path):
-    model = DetrForObjectDetection(DetrConfig(**SMALL, use_pretrained_backbone=False, encoder_attention_type="act"))
-    with pytest.raises(ValueError, match="cluster count"):
-        export_onnx(model, tmp_path / "act.onnx")

@@ -9,8 +9,8 @@ pairs for Deformable DETR (sigmoid). Thresholding is left to the caller, so the 
 Segmentation models (DetrForSegmentation, DeformableDetrForSegmentation) add `pred_masks` (B, Q, H/4, W/4) mask
 logits, and with `--postprocess` `masks` (B, K, H, W): each detection's mask probability at the input's (padded)
 size, to be cropped to the image and resized to its original size by the caller (as `target_sizes` does for boxes).
-ACT's encoder (encoder_attention_type "act") is refused: its cluster count is decided in Python from the image's
-hash codes, which a traced graph would freeze to the example's.
+ACT's encoder (encoder_attention_type "act") exports too: its clusters are the distinct rows of the hash codes (ONNX
+Unique), so the number of clusters, and the prototype buffer sized by it, is computed per image in the graph.
 
 Exporter: torch.onnx's TorchScript-trace path (`dynamo=False`). torch.export (the default, dynamo) turns the
 feature-map sizes into symbols and then specialises them where they reach `torch.linspace` and `torch.as_tensor`
@@ -76,11 +76,6 @@ class OnnxDetector(nn.Module):
 
     def __init__(self, model, pixel_mask: bool = False, postprocess: bool = False, top_k: int = 100):
         super().__init__()
-        attention = getattr(model.config, "encoder_attention_type", "standard")
-        if attention != "standard":
-            raise ValueError(f"cannot export encoder_attention_type {attention!r}: its cluster count is computed in "
-                             "Python from each image, so a traced graph would keep the example's; export the model "
-                             "with encoder_attention_type='standard' (same weights)")
         self.model = model
         self.use_pixel_mask = pixel_mask
         self.segments = hasattr(model, "mask_head")  # DetrForSegmentation / DeformableDetrForSegmentation
