@@ -5,7 +5,8 @@
 
 Random weights (presets), batch 1, fp32. Each model is exported with `detrkit export` (traced at a smaller size:
 the graph's height and width are dynamic), then both run alternately `--repeats` times after one warm-up; the
-table gives medians, the ratio and the largest difference of logits and boxes between them.
+table gives medians, the ratio and the largest difference of logits and boxes between them. `PRESET:act` (e.g.
+detr-resnet-50:act) is that DETR preset with ACT's encoder (encoder_attention_type "act").
 `--op` also times the deformable attention op alone at the encoder's shape for that input: its ONNX graph (the
 grid_sample path the export uses) in onnxruntime, detrkit's C++ kernel (what a custom ONNX op could at best run)
 and the PyTorch reference.
@@ -67,6 +68,16 @@ def op_benchmark(size, repeats, options):
         print(f"  {name}: {ms:,.1f} ms")
 
 
+def load(name: str):
+    """A model of `detrkit export`'s kinds, or `PRESET:act`: the DETR preset with ACT's encoder, random weights."""
+    if not name.endswith(":act"):
+        return load_model(name)[0]
+    from detrkit.modeling import DetrForObjectDetection, config_from_preset
+
+    config = config_from_preset(name[:-len(":act")], use_pretrained_backbone=False, encoder_attention_type="act")
+    return DetrForObjectDetection(config).eval()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["detr-resnet-50", "deformable-detr"])
@@ -86,7 +97,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             torch.manual_seed(0)
-            model, _ = load_model(name)
+            model = load(name)
             path = export_onnx(model, Path(folder) / f"{name}.onnx", example_size=(512, 640), check=False)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             feed = {"pixel_values": pixel_values.numpy()}
