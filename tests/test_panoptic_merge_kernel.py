@@ -156,22 +156,34 @@ def test_post_processing_equals_transformers_with_the_kernel():
         assert torch.equal(a["segmentation"], b["segmentation"].to(a["segmentation"].dtype))
 
 
+CHECK_MERGE = (
+    "import torch\n"
+    "from detrkit.kernels.panoptic_merge import fused_multiply_add_mode, panoptic_merge\n"
+    "from detrkit.processing.segmentation_postprocessing import merge_queries\n"
+    "probs, scores = torch.rand(6, 50, 67), torch.rand(6)\n"
+    "for size in [(201, 267), (203, 250), (70, 61)]:\n"
+    "    got = panoptic_merge(probs, scores, size, 0.5)\n"
+    "    expected = merge_queries(probs.clone(), scores, 0.5, size)\n"
+    "    assert all(torch.equal(a.long(), b) for a, b in zip(got, expected)), size\n"
+    "print(fused_multiply_add_mode())\n"
+)
+
+
+def run_check(**env) -> str:
+    result = subprocess.run([sys.executable, "-c", CHECK_MERGE], env=dict(os.environ, **env), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ATEN_CPU_CAPABILITY values are x86's")
 def test_rounding_follows_atens_cpu_capability():
-    """Without AVX2, ATen's upsampling has no fused multiply-adds: the probe must find that and the merge must
-    still equal the PyTorch path."""
-    script = (
-        "import torch\n"
-        "from detrkit.kernels.panoptic_merge import fused_multiply_add_mode, panoptic_merge\n"
-        "from detrkit.processing.segmentation_postprocessing import merge_queries\n"
-        "probs, scores = torch.rand(6, 50, 67), torch.rand(6)\n"
-        "got = panoptic_merge(probs, scores, (201, 267), 0.5)\n"
-        "expected = merge_queries(probs.clone(), scores, 0.5, (201, 267))\n"
-        "assert all(torch.equal(a.long(), b) for a, b in zip(got, expected))\n"
-        "print(fused_multiply_add_mode())\n"
-    )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    """Without AVX2, ATen's upsampling has no fused multiply-adds: the probe must find that, and the merge (its
+    non-FMA code) must still equal the PyTorch path."""
+    assert run_check(ATEN_CPU_CAPABILITY="default") == "False"
     assert fused_multiply_add_mode() is (torch.backends.cpu.get_cpu_capability() != "DEFAULT")
+
+
+def test_portable_build_equals_pytorch_path():
+    """DETRKIT_PORTABLE_BUILD=1 compiles without -march=native: the plain C++ loops instead of the AVX-512 ones."""
+    run_check(DETRKIT_PORTABLE_BUILD="1")

@@ -15,6 +15,9 @@
 // floats, which vectorise. Areas are counted per thread and summed at the end.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -38,12 +41,34 @@ inline float combine(float t0, float w0, float t1, float w1) {
   }
 }
 
+constexpr int64_t kLanes = 16;  // one AVX-512 register of floats: the block of the width pass's permute path
+
 // Source taps and lambdas of every output coordinate along one dimension (align_corners=False).
 struct Taps {
   bool identity;  // same size: ATen copies instead of interpolating
   std::vector<int64_t> i0, i1;
   std::vector<float> l0, l1;
+  // Per block of kLanes outputs: the first source index, and whether both taps of all its outputs lie within
+  // kLanes sources from it (then one load and two in-register permutes replace two gathers).
+  std::vector<int64_t> block_base;
+  std::vector<bool> block_fits;
+  std::vector<int32_t> r0, r1;  // taps relative to their block's base
 };
+
+void add_blocks(Taps& taps) {
+  const int64_t n = static_cast<int64_t>(taps.i0.size());
+  for (int64_t start = 0; start < n; start += kLanes) {
+    const int64_t base = taps.i0[start];
+    bool fits = true;
+    for (int64_t x = start; x < std::min(start + kLanes, n); ++x) {
+      fits = fits && taps.i1[x] - base < kLanes;
+      taps.r0.push_back(static_cast<int32_t>(std::min<int64_t>(taps.i0[x] - base, kLanes - 1)));
+      taps.r1.push_back(static_cast<int32_t>(std::min<int64_t>(taps.i1[x] - base, kLanes - 1)));
+    }
+    taps.block_base.push_back(base);
+    taps.block_fits.push_back(fits);
+  }
+}
 
 Taps linear_taps(int64_t input_size, int64_t output_size, bool fma) {
   Taps taps{input_size == output_size, std::vector<int64_t>(output_size), std::vector<int64_t>(output_size),
@@ -69,24 +94,54 @@ Taps linear_taps(int64_t input_size, int64_t output_size, bool fma) {
     taps.l0[i] = 1.f - l1;
     taps.l1[i] = l1;
   }
+  add_blocks(taps);
   return taps;
 }
 
-// One source row interpolated along the width: (w,) -> (W,). Returns whether a NaN came out.
+// Outputs [start, end) of the width pass, two scalar loads per output (compilers turn them into gathers).
 template <bool kFma>
-bool width_pass(const float* __restrict source, const Taps& taps, int64_t out_width, float* __restrict row) {
+inline void width_pass_gather(const float* __restrict source, const Taps& taps, int64_t start, int64_t end,
+                              float* __restrict row) {
+  const int64_t* __restrict i0 = taps.i0.data();
+  const int64_t* __restrict i1 = taps.i1.data();
+  const float* __restrict l0 = taps.l0.data();
+  const float* __restrict l1 = taps.l1.data();
+  for (int64_t x = start; x < end; ++x) row[x] = combine<kFma>(source[i0[x]], l0[x], source[i1[x]], l1[x]);
+}
+
+// One source row (w,) interpolated along the width into (W,). Returns whether a NaN came out.
+template <bool kFma>
+bool width_pass(const float* __restrict source, int64_t in_width, const Taps& taps, int64_t out_width,
+                float* __restrict row) {
   if (taps.identity) {
     std::memcpy(row, source, out_width * sizeof(float));
   } else {
-    const int64_t* __restrict i0 = taps.i0.data();
-    const int64_t* __restrict i1 = taps.i1.data();
-    const float* __restrict l0 = taps.l0.data();
-    const float* __restrict l1 = taps.l1.data();
-    for (int64_t x = 0; x < out_width; ++x) row[x] = combine<kFma>(source[i0[x]], l0[x], source[i1[x]], l1[x]);
+#ifdef __AVX512F__
+    // Upsampling reads few distinct sources per block of outputs: load them once (masked at the row's end) and
+    // pick both taps with permutes. Same products and sums as the scalar code, so the same rounding.
+    for (int64_t block = 0, start = 0; start < out_width; ++block, start += kLanes) {
+      const int64_t count = std::min(kLanes, out_width - start);
+      if (!taps.block_fits[block] || count < kLanes) {
+        width_pass_gather<kFma>(source, taps, start, start + count, row);
+        continue;
+      }
+      const int64_t base = taps.block_base[block];
+      const __mmask16 valid = static_cast<__mmask16>((1u << std::min(kLanes, in_width - base)) - 1u);
+      const __m512 window = _mm512_maskz_loadu_ps(valid, source + base);
+      const __m512 t0 = _mm512_permutexvar_ps(_mm512_loadu_si512(taps.r0.data() + start), window);
+      const __m512 t1 = _mm512_permutexvar_ps(_mm512_loadu_si512(taps.r1.data() + start), window);
+      const __m512 w0 = _mm512_loadu_ps(taps.l0.data() + start), w1 = _mm512_loadu_ps(taps.l1.data() + start);
+      const __m512 p1 = _mm512_mul_ps(t1, w1);
+      const __m512 value = kFma ? _mm512_fmadd_ps(t0, w0, p1) : _mm512_add_ps(_mm512_mul_ps(t0, w0), p1);
+      _mm512_storeu_ps(row + start, value);
+    }
+#else
+    width_pass_gather<kFma>(source, taps, 0, out_width, row);
+#endif
   }
-  bool nan = false;
+  int nan = 0;
   for (int64_t x = 0; x < out_width; ++x) nan |= row[x] != row[x];
-  return nan;
+  return nan != 0;
 }
 
 // The height pass of one output row from its two width-interpolated source rows.
@@ -118,7 +173,7 @@ class RowCache {
     const int s = held_[0] == keep ? 1 : 0;
     float* rows = slot(s);
     for (int64_t k = 0; k < in_.K; ++k) {
-      nan_ |= width_pass<kFma>(in_.probs + (k * in_.h + y) * in_.w, in_.cols, in_.W, rows + k * in_.W);
+      nan_ |= width_pass<kFma>(in_.probs + (k * in_.h + y) * in_.w, in_.w, in_.cols, in_.W, rows + k * in_.W);
     }
     held_[s] = y;
     return rows;
@@ -133,45 +188,80 @@ class RowCache {
   bool nan_ = false;
 };
 
+// One query's weighted values on n pixels of one output row, merged into that row's best values and winners
+// (strictly greater: the first query among equal values keeps the pixel, as torch.max(0) does). Returns how
+// many of its values are >= threshold.
+template <bool kFma, bool kIdentity>
+int64_t update_row(const float* __restrict r0, const float* __restrict r1, float m0, float m1, float score,
+                   float threshold, int32_t query, float* __restrict best, int32_t* __restrict index, int64_t n) {
+#ifdef __AVX512F__
+  // Written out: compilers turn the conditional updates into a branch around masked stores, which mispredicts.
+  const __m512 vm0 = _mm512_set1_ps(m0), vm1 = _mm512_set1_ps(m1), vscore = _mm512_set1_ps(score);
+  const __m512 vthreshold = _mm512_set1_ps(threshold);
+  const __m512i vquery = _mm512_set1_epi32(query), one = _mm512_set1_epi32(1);
+  __m512i counts = _mm512_setzero_si512();
+  for (int64_t x = 0; x < n; x += kLanes) {
+    const __mmask16 lanes = n - x >= kLanes ? static_cast<__mmask16>(0xFFFF)
+                                            : static_cast<__mmask16>((1u << (n - x)) - 1u);
+    const __m512 t0 = _mm512_maskz_loadu_ps(lanes, r0 + x);
+    __m512 up = t0;
+    if constexpr (!kIdentity) {
+      const __m512 p1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, r1 + x), vm1);
+      up = kFma ? _mm512_fmadd_ps(t0, vm0, p1) : _mm512_add_ps(_mm512_mul_ps(t0, vm0), p1);
+    }
+    const __m512 v = _mm512_mul_ps(up, vscore);
+    counts = _mm512_mask_add_epi32(counts, _mm512_mask_cmp_ps_mask(lanes, v, vthreshold, _CMP_GE_OQ), counts, one);
+    const __mmask16 better = query == 0 ? lanes
+                                        : _mm512_mask_cmp_ps_mask(lanes, v, _mm512_loadu_ps(best + x), _CMP_GT_OQ);
+    _mm512_mask_storeu_ps(best + x, better, v);
+    _mm512_mask_storeu_epi32(index + x, better, vquery);
+  }
+  return _mm512_reduce_add_epi32(counts);
+#else
+  int64_t count = 0;
+  for (int64_t x = 0; x < n; ++x) {
+    const float v = (kIdentity ? r0[x] : combine<kFma>(r0[x], m0, r1[x], m1)) * score;
+    count += v >= threshold;
+    if (query == 0 || v > best[x]) {
+      best[x] = v;
+      index[x] = query;
+    }
+  }
+  return count;
+#endif
+}
+
+constexpr int64_t kTile = 512;  // columns per pass: a group's best values and winners stay in L1
+constexpr int64_t kGroup = 4;  // output rows that share their two source rows, updated per load of those rows
+
 // Output rows [begin, end): winner per pixel, and per query the pixels won and the pixels >= threshold.
 template <bool kFma>
 bool merge_rows(const Inputs& in, int64_t begin, int64_t end, int32_t* winner, int64_t* won, int64_t* own) {
   RowCache<kFma> cache(in);
   const int64_t W = in.W;
-  std::vector<float> best_buffer(W);
-  float* __restrict best = best_buffer.data();
-  for (int64_t y = begin; y < end; ++y) {
-    const int64_t y0 = in.rows.i0[y], y1 = in.rows.i1[y];
-    const float m0 = in.rows.l0[y], m1 = in.rows.l1[y];
+  const Taps& taps = in.rows;
+  const auto update = taps.identity ? update_row<kFma, true> : update_row<kFma, false>;
+  std::vector<float> best(kGroup * kTile);
+  for (int64_t y = begin; y < end;) {
+    const int64_t y0 = taps.i0[y], y1 = taps.i1[y];
+    int64_t group = 1;
+    while (group < kGroup && y + group < end && taps.i0[y + group] == y0 && taps.i1[y + group] == y1) ++group;
     const float* rows0 = cache.get(y0, y1);
     const float* rows1 = cache.get(y1, y0);
-    int32_t* __restrict index = winner + y * W;
-    for (int64_t k = 0; k < in.K; ++k) {
-      const float* __restrict r0 = rows0 + k * W;
-      const float* __restrict r1 = rows1 + k * W;
-      const float score = in.scores[k], threshold = in.threshold;
-      const int32_t query = static_cast<int32_t>(k);
-      int64_t count = 0;
-      if (k == 0) {
-        for (int64_t x = 0; x < W; ++x) {
-          const float v = height_pass<kFma>(r0, r1, m0, m1, x, in.rows.identity) * score;
-          count += v >= threshold;
-          best[x] = v;
-          index[x] = 0;
+    for (int64_t x0 = 0; x0 < W; x0 += kTile) {
+      const int64_t n = std::min(kTile, W - x0);
+      for (int64_t k = 0; k < in.K; ++k) {
+        int64_t count = 0;
+        for (int64_t j = 0; j < group; ++j) {
+          count += update(rows0 + k * W + x0, rows1 + k * W + x0, taps.l0[y + j], taps.l1[y + j], in.scores[k],
+                          in.threshold, static_cast<int32_t>(k), best.data() + j * kTile, winner + (y + j) * W + x0,
+                          n);
         }
-      } else {
-        // Strictly greater: the first query among equal values keeps the pixel, as torch.max(0) does.
-        for (int64_t x = 0; x < W; ++x) {
-          const float v = height_pass<kFma>(r0, r1, m0, m1, x, in.rows.identity) * score;
-          count += v >= threshold;
-          const bool better = v > best[x];
-          best[x] = better ? v : best[x];
-          index[x] = better ? query : index[x];
-        }
+        own[k] += count;
       }
-      own[k] += count;
     }
-    for (int64_t x = 0; x < W; ++x) ++won[index[x]];
+    for (int64_t x = y * W; x < (y + group) * W; ++x) ++won[winner[x]];
+    y += group;
   }
   return cache.saw_nan();
 }
@@ -241,11 +331,11 @@ at::Tensor upsample_bilinear(const at::Tensor& mask_probs, int64_t height, int64
     for (int64_t y = 0; y < height; ++y) {
       const float* plane = source + k * h * w;
       if (fused_multiply_add) {
-        width_pass<true>(plane + rows.i0[y] * w, cols, width, r0.data());
-        width_pass<true>(plane + rows.i1[y] * w, cols, width, r1.data());
+        width_pass<true>(plane + rows.i0[y] * w, w, cols, width, r0.data());
+        width_pass<true>(plane + rows.i1[y] * w, w, cols, width, r1.data());
       } else {
-        width_pass<false>(plane + rows.i0[y] * w, cols, width, r0.data());
-        width_pass<false>(plane + rows.i1[y] * w, cols, width, r1.data());
+        width_pass<false>(plane + rows.i0[y] * w, w, cols, width, r0.data());
+        width_pass<false>(plane + rows.i1[y] * w, w, cols, width, r1.data());
       }
       float* row = out + (k * height + y) * width;
       for (int64_t x = 0; x < width; ++x) {
