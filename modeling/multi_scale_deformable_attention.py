@@ -83,12 +83,18 @@ def one_canvas_msda(value, shapes, sampling_locations, attention_weights):
     # location x in [0, 1] is pixel x * w - 0.5 of its level; clamping that to [-1, w] is clamping x to
     # [-0.5 / w, 1 + 0.5 / w]. The canvas' normalised coordinate is then x * w * 2 / W - 1 (+ the level's row
     # offset for y): the half pixels of the level and of grid_sample's align_corners=False cancel.
-    size = torch.stack([widths, heights], -1)[:, None]  # (L, 1, 2) as (w, h)
+    # Per-level constants as (L*P*2,) vectors over the contiguous last axis of the locations: a trailing
+    # broadcast, which runtimes execute as fast as a scalar one.
+    def per_point(pair):  # (L, 2) -> (L*P*2,)
+        return pair[:, None].expand(-1, num_points, -1).reshape(-1)
+
+    size = torch.stack([widths, heights], -1)  # (L, 2) as (w, h)
     row_offset = torch.cat([heights.new_zeros(1), (heights + 1).cumsum(0)[:-1]])
     scale = 2 / torch.stack([canvas_width, canvas_height])  # (2,)
-    shift = torch.stack([torch.zeros_like(row_offset), row_offset], -1)[:, None] * scale - 1
-    locations = torch.minimum(torch.maximum(sampling_locations, -0.5 / size), 1 + 0.5 / size)
-    grid = locations * (size * scale) + shift  # (B, Q, H, L, P, 2)
+    shift = torch.stack([torch.zeros_like(row_offset), row_offset], -1) * scale - 1
+    locations = sampling_locations.reshape(batch_size, num_queries, num_heads, -1)
+    locations = torch.minimum(torch.maximum(locations, per_point(-0.5 / size)), per_point(1 + 0.5 / size))
+    grid = locations * per_point(size * scale) + per_point(shift)  # (B, Q, H, L*P*2)
     grid = grid.transpose(1, 2).reshape(batch_size * num_heads, num_queries, num_levels * num_points, 2)
     sampled = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # (B, Q, H, L, P) -> (B*H, 1, Q, L*P); (B*H, D, Q, L*P) -> (B*H, D, Q)
