@@ -14,6 +14,10 @@ Where this differs from the official CUDA code, on purpose:
   may merge queries whose codes differ (a code above 3 carries into the next round's bits);
 - the bias is drawn from U(0, r) as E2LSH defines it (the official code draws U(0, 1) before dividing by r);
 - padded pixels are clustered apart from real ones and masked as keys (the official code hashes them together).
+
+ONNX: under torch.onnx.export's trace the clusters are found as the distinct rows of the codes (ONNX Unique) and the
+prototype buffer is sized by a tensor, so the exported graph computes the number of clusters per image; eager mode
+keeps a faster way to the same clusters (`adaptive_clusters`).
 """
 
 import math
@@ -206,6 +210,8 @@ class AdaptiveClusteringAttention(MultiheadAttention):
 def _untraced(function, *args):
     """function(*args) with a running torch.jit trace (torch.onnx.export's) paused: the hash functions are constants
     of the model, and a recorded draw would carry its torch.Generator, which has no ONNX form."""
+    if not torch.jit.is_tracing():
+        return function(*args)
     state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
