@@ -5,9 +5,13 @@ Workload: the issue's case, 2 images x 100 queries, COCO panoptic's 250 classes 
 a trained model's do), target size 800x1066, stuff classes fused. Checks that both give the same segments
 (without fusing), prints both median times and their ratio; the machine's noise cancels in the ratio.
 
-    python scripts/benchmark_panoptic.py [--repeats 5] [--threads 2] [--kept 100]
+detrkit runs its fused CPU kernel (detrkit.kernels.panoptic_merge) when it builds; `--no-kernel` measures the
+PyTorch path it falls back to instead.
+
+    python scripts/benchmark_panoptic.py [--repeats 5] [--threads 2] [--kept 100] [--no-kernel]
 """
 import argparse
+import os
 import time
 from types import SimpleNamespace
 
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 from transformers import DetrImageProcessor as TransformersDetrImageProcessor
 
+from detrkit.kernels.panoptic_merge import kernel_ready
 from detrkit.processing import DetrImageProcessor
 
 NUM_CLASSES = 250
@@ -51,8 +56,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kept", type=int, default=100, help="queries per image above the score threshold")
+    parser.add_argument("--no-kernel", action="store_true", help="detrkit without its fused CPU kernel")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_kernel:
+        os.environ["DETRKIT_DISABLE_KERNELS"] = "1"
+    path = "fused CPU kernel" if kernel_ready() else "PyTorch ops (kernel disabled or unavailable)"
 
     outputs, target_sizes = workload(kept=args.kept)
     calls = {
@@ -71,6 +80,7 @@ def main(argv=None):
     segments = [len(r["segments_info"]) for r in results["detrkit"]]
     print(f"workload: 2 images x 100 queries ({args.kept} kept each), masks {tuple(outputs.pred_masks.shape[-2:])}"
           f" -> 800x1066, {segments} segments; median of {args.repeats} calls, {args.threads} threads")
+    print(f"detrkit path: {path}")
     # With stuff fused, transformers can give one id to two segments (see segmentation_postprocessing.py), so the
     # outputs are compared without fusing.
     unfused = [call(outputs, threshold=0.85, label_ids_to_fuse=set(), target_sizes=target_sizes)

@@ -86,7 +86,7 @@ def test_merge_equals_pytorch_path(case, ties, threads):
     expected_winner, expected_won, expected_own = merge_queries(probs.clone(), scores, 0.5, target_size)
     assert torch.equal(winner.long(), expected_winner)
     assert torch.equal(won_area, expected_won) and torch.equal(own_area, expected_own)
-    if ties and num_queries >= 6:  # the case is what it claims: whole regions where the best value is shared by several queries
+    if ties and num_queries >= 6:  # the case is what it claims: many pixels where several queries share the best
         weighted = probs * scores[:, None, None]
         best = weighted.max(0).values
         assert ((weighted == best).sum(0) > 1).float().mean() > 0.2

@@ -144,13 +144,6 @@ bool width_pass(const float* __restrict source, int64_t in_width, const Taps& ta
   return nan != 0;
 }
 
-// The height pass of one output row from its two width-interpolated source rows.
-template <bool kFma>
-inline float height_pass(const float* __restrict r0, const float* __restrict r1, float m0, float m1, int64_t x,
-                         bool identity) {
-  return identity ? r0[x] : combine<kFma>(r0[x], m0, r1[x], m1);
-}
-
 struct Inputs {
   const float* probs;  // (K, h, w)
   const float* scores;  // (K,)
@@ -316,8 +309,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> merge(const at::Tensor& mas
   return {winner, won, own, nan};
 }
 
-// The upsampled maps themselves (K, H, W), from the same taps and passes as `merge`: for tests against
-// F.interpolate, not for speed.
+// The upsampled maps themselves (K, H, W), from the same taps, width pass and row update as `merge`: for tests
+// against F.interpolate, not for speed.
 at::Tensor upsample_bilinear(const at::Tensor& mask_probs, int64_t height, int64_t width, bool fused_multiply_add) {
   check_inputs(mask_probs, height, width);
   const at::Tensor probs = mask_probs.contiguous();
@@ -327,6 +320,7 @@ at::Tensor upsample_bilinear(const at::Tensor& mask_probs, int64_t height, int64
   const float* source = probs.data_ptr<float>();
   float* out = output.data_ptr<float>();
   std::vector<float> r0(width), r1(width);
+  std::vector<int32_t> index(width);
   for (int64_t k = 0; k < K; ++k) {
     for (int64_t y = 0; y < height; ++y) {
       const float* plane = source + k * h * w;
@@ -337,11 +331,11 @@ at::Tensor upsample_bilinear(const at::Tensor& mask_probs, int64_t height, int64
         width_pass<false>(plane + rows.i0[y] * w, w, cols, width, r0.data());
         width_pass<false>(plane + rows.i1[y] * w, w, cols, width, r1.data());
       }
-      float* row = out + (k * height + y) * width;
-      for (int64_t x = 0; x < width; ++x) {
-        row[x] = fused_multiply_add ? height_pass<true>(r0.data(), r1.data(), rows.l0[y], rows.l1[y], x, rows.identity)
-                                    : height_pass<false>(r0.data(), r1.data(), rows.l0[y], rows.l1[y], x, rows.identity);
-      }
+      // The merge's own row update with score 1 (exact) as query 0, which stores every value as the best.
+      const auto update = fused_multiply_add ? (rows.identity ? update_row<true, true> : update_row<true, false>)
+                                             : (rows.identity ? update_row<false, true> : update_row<false, false>);
+      update(r0.data(), r1.data(), rows.l0[y], rows.l1[y], 1.f, 0.f, 0, out + (k * height + y) * width,
+             index.data(), width);
     }
   }
   return output;
