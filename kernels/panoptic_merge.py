@@ -15,6 +15,7 @@ kernel than the separable one the C++ code reproduces (see `interpolate_is_separ
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 from .build import load_kernel
 
 _fma: dict[str, bool | None] = {}  # "mode" -> whether ATen's upsampling rounds as fused multiply-adds
-_warned = False
+_unavailable: list[str] = []  # why the kernel cannot be used, once found (empty: usable, or not yet asked)
+_checked = False
+_lock = threading.Lock()
 
 
 class PanopticMergeError(ValueError):
@@ -55,18 +58,21 @@ def kernel_ready() -> bool:
     """Whether the kernel is built, loaded and reproduces this torch's rounding; warns once when it is not."""
     from . import kernels_disabled
 
-    global _warned
+    global _checked
     if kernels_disabled():
         return False
-    status = load_kernel("panoptic_cpu")
-    reason = status.error if not status.loaded else None
-    if reason is None and fused_multiply_add_mode() is None:
-        reason = "its bilinear values differ from this torch's F.interpolate"
-    if reason is not None and not _warned:
-        _warned = True
-        warnings.warn(f"detrkit: panoptic merge kernel unavailable, using PyTorch ops ({reason})", RuntimeWarning,
-                      stacklevel=3)
-    return reason is None
+    with _lock:
+        if not _checked:
+            status = load_kernel("panoptic_cpu")
+            if not status.loaded:
+                _unavailable.append(status.error or "not loaded")
+            elif fused_multiply_add_mode() is None:
+                _unavailable.append("its bilinear values differ from this torch's F.interpolate")
+            if _unavailable:
+                warnings.warn(f"detrkit: panoptic merge kernel unavailable, using PyTorch ops ({_unavailable[0]})",
+                              RuntimeWarning, stacklevel=3)
+            _checked = True
+    return not _unavailable
 
 
 def panoptic_merge(mask_probs: torch.Tensor, scores: torch.Tensor, size: tuple[int, int] | None,

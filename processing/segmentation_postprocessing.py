@@ -145,7 +145,7 @@ def compute_segments(mask_probs, scores, labels, mask_threshold, overlap_mask_ar
     ids = segment_ids(valid_labels, label_ids_to_fuse)
     id_of_query = torch.zeros(num_queries, dtype=torch.int32, device=winner.device)
     id_of_query[valid_index] = torch.tensor(ids, dtype=torch.int32, device=winner.device)
-    segmentation = id_of_query[winner]
+    segmentation = id_of_query.index_select(0, winner.reshape(-1)).view(winner.shape)  # faster than [winner] on CPU
     segments = [
         {"id": i, "label_id": label, "was_fused": label in label_ids_to_fuse, "score": round(score, 6)}
         for i, label, score in zip(ids, valid_labels, scores[valid_index].tolist())
@@ -201,8 +201,9 @@ def segment_batch(outputs, threshold, mask_threshold, overlap_mask_area_threshol
             height, width = size if size is not None else masks.shape[-2:]
             results.append((torch.zeros((height, width)) - 1, [], False))
             continue
+        kept = slice(None) if keep[i].all() else keep[i]  # boolean indexing copies, for nothing when all are kept
         segmentation, segments = compute_segments(
-            masks[i][keep[i]].sigmoid(), scores[i][keep[i]], labels[i][keep[i]], mask_threshold,
+            masks[i][kept].sigmoid(), scores[i][kept], labels[i][kept], mask_threshold,
             overlap_mask_area_threshold, label_ids_to_fuse, size, workspace,
         )
         results.append((segmentation, segments, True))

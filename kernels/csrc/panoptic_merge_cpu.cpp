@@ -11,15 +11,17 @@
 // compiled with -ffp-contract=off so that nothing else is contracted behind our back.
 //
 // Layout: each thread owns a contiguous block of output rows and keeps the two source rows it currently needs,
-// width-interpolated, for every query (2 x K x W floats); an output row is then K passes over W contiguous
-// floats, which vectorise. Areas are counted per thread and summed at the end.
+// width-interpolated, for every query (2 x K x W floats). The output rows that share those two source rows (about
+// four at DETR's 4x) are updated together, tile of columns by tile, so that each query's source values are read
+// once per group and the group's running maxima and winners stay in L1. Areas are counted per thread and summed
+// at the end. With AVX-512 the two inner loops are written with intrinsics; elsewhere plain C++ does the same.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
