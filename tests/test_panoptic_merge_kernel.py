@@ -187,3 +187,51 @@ def test_rounding_follows_atens_cpu_capability():
 def test_portable_build_equals_pytorch_path():
     """DETRKIT_PORTABLE_BUILD=1 compiles without -march=native: the plain C++ loops instead of the AVX-512 ones."""
     run_check(DETRKIT_PORTABLE_BUILD="1")
+
+
+AVX2_CHECK = """
+import hashlib
+import torch
+import torch.nn.functional as F
+from torch.utils import cpp_extension
+from detrkit.kernels import build
+from detrkit.processing.segmentation_postprocessing import merge_queries
+
+source = build.CSRC / "panoptic_merge_cpu.cpp"
+flags = ["-O3", "-fopenmp", "-march=native", "-mno-avx512f", "-ffp-contract=off"]
+key = hashlib.sha256(source.read_bytes() + " ".join([torch.__version__, *flags]).encode()).hexdigest()[:12]
+folder = build.cache_root() / f"test-panoptic-avx2-{key}"
+folder.mkdir(parents=True, exist_ok=True)
+cpp_extension.load(name="detrkit_panoptic_cpu_avx2", sources=[str(source)], extra_cflags=flags,
+                   extra_ldflags=["-fopenmp"], build_directory=str(folder), is_python_module=False)
+ops = torch.ops.detrkit_panoptic_cpu
+probe = torch.rand(4, 13, 17)
+expected = F.interpolate(probe[None], size=(71, 67), mode="bilinear", align_corners=False)[0]
+modes = [fma for fma in (True, False) if torch.equal(ops.upsample_bilinear(probe, 71, 67, fma), expected)]
+assert len(modes) == 1, modes
+for num_queries, mask_size, size, ties in [(12, (50, 67), (201, 267), True), (9, (37, 41), (151, 163), False),
+                                           (6, (120, 90), (70, 61), True), (1, (40, 30), (161, 121), False)]:
+    probs = (torch.randn(num_queries, *mask_size) * (40 if ties else 2)).sigmoid()
+    scores = torch.full((num_queries,), 0.75) if ties else torch.rand(num_queries)
+    scores[::3] = 1.0
+    got = ops.merge(probs, scores, *size, 0.5, modes[0])
+    want = merge_queries(probs.clone(), scores, 0.5, size)
+    assert all(torch.equal(a.long(), b) for a, b in zip(got[:3], want)), (num_queries, size, ties)
+print("ok")
+"""
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="no AVX2 + FMA on this CPU")
+def test_avx2_build_equals_pytorch_path():
+    """The AVX2 code (what CPUs without AVX-512 run), built here with -mno-avx512f, in a separate process."""
+    result = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")

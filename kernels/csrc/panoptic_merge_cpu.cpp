@@ -19,8 +19,11 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define PANOPTIC_AVX2 1
 #endif
 
 #include <algorithm>
@@ -43,7 +46,12 @@ inline float combine(float t0, float w0, float t1, float w1) {
   }
 }
 
-constexpr int64_t kLanes = 16;  // one AVX-512 register of floats: the block of the width pass's permute path
+// Floats per vector register: the block of the width pass's permute path and the step of the row update.
+#ifdef PANOPTIC_AVX2
+constexpr int64_t kLanes = 8;
+#else
+constexpr int64_t kLanes = 16;
+#endif
 
 // Source taps and lambdas of every output coordinate along one dimension (align_corners=False).
 struct Taps {
@@ -137,6 +145,27 @@ bool width_pass(const float* __restrict source, int64_t in_width, const Taps& ta
       const __m512 value = kFma ? _mm512_fmadd_ps(t0, w0, p1) : _mm512_add_ps(_mm512_mul_ps(t0, w0), p1);
       _mm512_storeu_ps(row + start, value);
     }
+#elif defined(PANOPTIC_AVX2)
+    const __m256i lane_numbers = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t block = 0, start = 0; start < out_width; ++block, start += kLanes) {
+      const int64_t count = std::min(kLanes, out_width - start);
+      if (!taps.block_fits[block] || count < kLanes) {
+        width_pass_gather<kFma>(source, taps, start, start + count, row);
+        continue;
+      }
+      const int64_t base = taps.block_base[block];
+      const int32_t available = static_cast<int32_t>(std::min(kLanes, in_width - base));
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(available), lane_numbers);
+      const __m256 window = _mm256_maskload_ps(source + base, valid);
+      const __m256 t0 = _mm256_permutevar8x32_ps(
+          window, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps.r0.data() + start)));
+      const __m256 t1 = _mm256_permutevar8x32_ps(
+          window, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps.r1.data() + start)));
+      const __m256 w0 = _mm256_loadu_ps(taps.l0.data() + start), w1 = _mm256_loadu_ps(taps.l1.data() + start);
+      const __m256 p1 = _mm256_mul_ps(t1, w1);
+      const __m256 value = kFma ? _mm256_fmadd_ps(t0, w0, p1) : _mm256_add_ps(_mm256_mul_ps(t0, w0), p1);
+      _mm256_storeu_ps(row + start, value);
+    }
 #else
     width_pass_gather<kFma>(source, taps, 0, out_width, row);
 #endif
@@ -183,6 +212,23 @@ class RowCache {
   bool nan_ = false;
 };
 
+// update_row on pixels [start, n), one at a time.
+template <bool kFma, bool kIdentity>
+int64_t update_scalar(const float* __restrict r0, const float* __restrict r1, float m0, float m1, float score,
+                      float threshold, int32_t query, float* __restrict best, int32_t* __restrict index,
+                      int64_t start, int64_t n) {
+  int64_t count = 0;
+  for (int64_t x = start; x < n; ++x) {
+    const float v = (kIdentity ? r0[x] : combine<kFma>(r0[x], m0, r1[x], m1)) * score;
+    count += v >= threshold;
+    if (query == 0 || v > best[x]) {
+      best[x] = v;
+      index[x] = query;
+    }
+  }
+  return count;
+}
+
 // One query's weighted values on n pixels of one output row, merged into that row's best values and winners
 // (strictly greater: the first query among equal values keeps the pixel, as torch.max(0) does). Returns how
 // many of its values are >= threshold.
@@ -212,17 +258,35 @@ int64_t update_row(const float* __restrict r0, const float* __restrict r1, float
     _mm512_mask_storeu_epi32(index + x, better, vquery);
   }
   return _mm512_reduce_add_epi32(counts);
-#else
-  int64_t count = 0;
-  for (int64_t x = 0; x < n; ++x) {
-    const float v = (kIdentity ? r0[x] : combine<kFma>(r0[x], m0, r1[x], m1)) * score;
-    count += v >= threshold;
-    if (query == 0 || v > best[x]) {
-      best[x] = v;
-      index[x] = query;
+#elif defined(PANOPTIC_AVX2)
+  const __m256 vm0 = _mm256_set1_ps(m0), vm1 = _mm256_set1_ps(m1), vscore = _mm256_set1_ps(score);
+  const __m256 vthreshold = _mm256_set1_ps(threshold), vquery = _mm256_castsi256_ps(_mm256_set1_epi32(query));
+  __m256i counts = _mm256_setzero_si256();
+  int64_t x = 0;
+  for (; x + kLanes <= n; x += kLanes) {
+    const __m256 t0 = _mm256_loadu_ps(r0 + x);
+    __m256 up = t0;
+    if constexpr (!kIdentity) {
+      const __m256 p1 = _mm256_mul_ps(_mm256_loadu_ps(r1 + x), vm1);
+      up = kFma ? _mm256_fmadd_ps(t0, vm0, p1) : _mm256_add_ps(_mm256_mul_ps(t0, vm0), p1);
     }
+    const __m256 v = _mm256_mul_ps(up, vscore);
+    // A true comparison is all ones, -1 as an integer.
+    counts = _mm256_sub_epi32(counts, _mm256_castps_si256(_mm256_cmp_ps(v, vthreshold, _CMP_GE_OQ)));
+    const __m256 old_best = _mm256_loadu_ps(best + x);
+    const __m256 better = query == 0 ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                                     : _mm256_cmp_ps(v, old_best, _CMP_GT_OQ);
+    float* winners = reinterpret_cast<float*>(index + x);  // blended as raw 32-bit lanes
+    _mm256_storeu_ps(best + x, _mm256_blendv_ps(old_best, v, better));
+    _mm256_storeu_ps(winners, _mm256_blendv_ps(_mm256_loadu_ps(winners), vquery, better));
   }
-  return count;
+  alignas(32) int32_t lanes[kLanes];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), counts);
+  int64_t count = 0;
+  for (int32_t lane : lanes) count += lane;
+  return count + update_scalar<kFma, kIdentity>(r0, r1, m0, m1, score, threshold, query, best, index, x, n);
+#else
+  return update_scalar<kFma, kIdentity>(r0, r1, m0, m1, score, threshold, query, best, index, 0, n);
 #endif
 }
 
