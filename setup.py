@@ -20,6 +20,7 @@ SUBPACKAGES = {
 # detrkit export / visualize / demo / space, to_supervision, videos in detrkit predict
 DEPLOY = {
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+    "onnx-custom-op": ["onnxruntime-extensions>=0.15"],  # runs files exported with --msda-op detrkit
     "demo": ["gradio>=5"],
     "supervision": ["supervision>=0.25"],
     "video": ["av>=12"],

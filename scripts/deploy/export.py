@@ -18,11 +18,15 @@ feature-map sizes into symbols and then specialises them where they reach `torch
 trace records those sizes as graph values. Deformable attention is exported through its PyTorch path
 (`grid_sample`, ONNX opset >= 16): a standard op every ONNX runtime has, where the compiled kernel would need a
 custom-op library next to the file, so the file runs anywhere. The price is speed: grid_sample is slower than
-the kernel (scripts/benchmark_onnx.py --op; figures in the README's "Export").
+the kernel (scripts/benchmark_onnx.py --op; figures in the README's "Export"). `--msda-op detrkit` writes it as
+one custom node instead, which onnxruntime runs with detrkit's kernel through onnxruntime-extensions: faster, but
+the file then needs Python with detrkit and onnxruntime-extensions to run (`detrkit.deploy.onnx_session` loads it;
+see onnx_custom_ops.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from torchvision.ops import box_convert
 from .loading import is_deformable, load_model
 
 MIN_OPSET = 16  # GridSample (Deformable DETR's bilinear sampling)
+MSDA_OPS = ("grid_sample", "detrkit")  # portable standard-op graph / custom node run by detrkit's kernel
 
 
 class DetectionPostProcess(nn.Module):
@@ -122,24 +127,35 @@ def _dynamic_axes(detector: OnnxDetector) -> dict:
 
 
 def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = False, postprocess: bool = False,
-                top_k: int = 100, example_size: tuple[int, int] = (256, 320), check: bool = True) -> Path:
+                top_k: int = 100, example_size: tuple[int, int] = (256, 320), check: bool = True,
+                msda_op: str = "grid_sample") -> Path:
     """Write `model` (a detrkit detection model) as an ONNX file; returns its path. The graph is traced at
-    `example_size` with batch 2; batch, height and width stay dynamic. `check` runs onnx.checker on the file."""
+    `example_size` with batch 2; batch, height and width stay dynamic. `check` runs onnx.checker on the file.
+    `msda_op`: "grid_sample" (standard ops, any runtime) or "detrkit" (Deformable DETR only: one custom node per
+    deformable attention, see onnx_custom_ops.py)."""
     import onnx
 
+    from .onnx_custom_ops import OPSET, custom_msda_export
+
+    if msda_op not in MSDA_OPS:
+        raise ValueError(f"msda_op must be one of {MSDA_OPS}, got {msda_op!r}")
+    if msda_op == "detrkit" and not is_deformable(model):
+        raise ValueError(f"msda_op='detrkit' replaces Deformable DETR's deformable attention; {type(model).__name__} "
+                         "has none (export it with the default msda_op)")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: Deformable DETR's sampling needs GridSample (opset >= {MIN_OPSET})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     detector = OnnxDetector(model.eval(), pixel_mask, postprocess, top_k).eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    custom = msda_op == "detrkit"
+    with torch.no_grad(), warnings.catch_warnings(), custom_msda_export() if custom else contextlib.nullcontext():
         # the trace warns at every Python-side size computation; the tests compare other sizes against PyTorch
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             detector, detector.example_inputs(2, *example_size), str(path), dynamo=False, opset_version=opset,
             input_names=detector.input_names, output_names=detector.output_names,
-            dynamic_axes=_dynamic_axes(detector), do_constant_folding=True,
+            dynamic_axes=_dynamic_axes(detector), do_constant_folding=True, custom_opsets=OPSET if custom else None,
         )
     if check:
         onnx.checker.check_model(str(path), full_check=True)
@@ -166,9 +182,14 @@ def command(argv: list[str]) -> int:
     parser.add_argument("--top-k", type=int, default=100, help="Deformable DETR: (query, class) pairs kept")
     parser.add_argument("--example-size", type=int, nargs=2, default=(256, 320), metavar=("HEIGHT", "WIDTH"),
                         help="the input size traced (any size runs)")
+    parser.add_argument("--msda-op", default="grid_sample", choices=MSDA_OPS,
+                        help="Deformable DETR's deformable attention as standard ONNX ops (grid_sample: any "
+                             "runtime) or as one custom node per layer run by detrkit's C++ kernel (detrkit: faster "
+                             "in onnxruntime, but running the file then needs Python with detrkit and "
+                             "onnxruntime-extensions; load it with detrkit.deploy.onnx_session)")
     args = parser.parse_args(argv)
     model, _ = load_model(args.model)
     path = export_onnx(model, args.output, args.opset, args.pixel_mask, args.postprocess, args.top_k,
-                       tuple(args.example_size))
+                       tuple(args.example_size), msda_op=args.msda_op)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), onnx.checker passed")
     return 0
