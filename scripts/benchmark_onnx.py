@@ -8,6 +8,7 @@ the graph's height and width are dynamic); Deformable DETR twice: the portable f
 standard ops, one GridSample) and, when onnxruntime-extensions is installed, `--msda-op detrkit` (one custom node
 per deformable attention, run by detrkit's C++ kernel). Then all run in turn `--repeats` times after one warm-up;
 the table gives medians, the ratio to PyTorch and the largest difference of logits and boxes from PyTorch's.
+`PRESET:act` (e.g. detr-resnet-50:act) is that DETR preset with ACT's encoder (encoder_attention_type "act").
 `--op` also times the deformable attention op alone at the encoder's shape for that input: the portable ONNX
 graph and the custom node in onnxruntime, detrkit's C++ kernel called directly, and the PyTorch reference.
 
