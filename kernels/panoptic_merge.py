@@ -45,6 +45,8 @@ def fused_multiply_add_mode() -> bool | None:
     are fused multiply-adds (the AVX2 / AVX-512 builds), False if not, None if the C++ code matches neither (the
     kernel is then not used). Found once per process by comparing both with F.interpolate on a probe."""
     if "mode" not in _fma:
+        if not load_kernel("panoptic_cpu").loaded:
+            return None
         probe = torch.rand(4, 13, 17, generator=torch.Generator().manual_seed(0))
         size = (71, 67)
         expected = F.interpolate(probe[None], size=size, mode="bilinear", align_corners=False)[0]
