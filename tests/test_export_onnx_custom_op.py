@@ -141,3 +141,14 @@ def test_command_line_msda_op(tmp_path, capsys):
     DetrImageProcessor().save_pretrained(tmp_path / "detr")
     assert main([str(tmp_path / "detr"), "--output", str(tmp_path / "detr.onnx"), "--msda-op", "detrkit"]) == 2
     assert "has none" in capsys.readouterr().err
+
+
+def test_custom_op_export_fails_when_the_node_is_not_reached(tmp_path, monkeypatch):
+    """A model whose attention code is not detrkit's (remote code) would silently keep GridSample: an error instead."""
+    import contextlib
+
+    from detrkit.deploy import onnx_custom_ops
+
+    monkeypatch.setattr(onnx_custom_ops, "custom_msda_export", contextlib.nullcontext)
+    with pytest.raises(ValueError, match="reached the custom node"):
+        export_onnx(build("deformable"), tmp_path / "custom.onnx", example_size=(80, 112), msda_op="detrkit")

@@ -135,7 +135,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
     deformable attention, see onnx_custom_ops.py)."""
     import onnx
 
-    from .onnx_custom_ops import OPSET, custom_msda_export
+    from .onnx_custom_ops import OPSET, custom_msda_export, uses_custom_op
 
     if msda_op not in MSDA_OPS:
         raise ValueError(f"msda_op must be one of {MSDA_OPS}, got {msda_op!r}")
@@ -157,6 +157,10 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
             input_names=detector.input_names, output_names=detector.output_names,
             dynamic_axes=_dynamic_axes(detector), do_constant_folding=True, custom_opsets=OPSET if custom else None,
         )
+    if custom and not uses_custom_op(path):
+        raise ValueError(f"--msda-op detrkit: no deformable attention of {type(model).__name__} reached the custom "
+                         "node (its code is not detrkit's modeling package, e.g. remote code); export it without "
+                         "--msda-op")
     if check:
         onnx.checker.check_model(str(path), full_check=True)
     return path

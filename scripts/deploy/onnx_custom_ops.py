@@ -67,11 +67,11 @@ def custom_msda_export():
 
 
 def uses_custom_op(path: str | Path) -> bool:
-    """True when the ONNX file imports the ai.detrkit domain (was exported with `--msda-op detrkit`)."""
+    """True when the ONNX file has ai.detrkit nodes (was exported with `--msda-op detrkit`)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return any(opset.domain == DOMAIN for opset in model.opset_import)
+    return any(node.domain == DOMAIN for node in model.graph.node)
 
 
 def _compute(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
