@@ -12,8 +12,7 @@ the table gives medians, the ratio to PyTorch and the largest difference of logi
 `--op` also times the deformable attention op alone at the encoder's shape for that input: the portable ONNX
 graph and the custom node in onnxruntime, detrkit's C++ kernel called directly, and the PyTorch reference.
 
-onnxruntime runs with `--threads` intra-op threads and spinning off: spinning workers would keep the cores busy
-after each run, slowing the PyTorch run that follows (and the kernel inside the custom node).
+onnxruntime runs with `--threads` intra-op threads (PyTorch, and the kernel inside the custom node, with as many).
 On a machine other jobs share, wall times swing and multi-threaded runs lose most (threads wait for each other):
 `--threads 1 --clock cpu` compares the CPU time each path needs, which other jobs hardly change.
 """
@@ -48,7 +47,6 @@ def session_options(threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
