@@ -53,6 +53,7 @@ class MaskHeadSmallConv(nn.Module):
 
     def __init__(self, dim: int, fpn_dims: list[int], context_dim: int):
         super().__init__()
+        self.num_maps = dim - context_dim  # lay1's inputs: context_dim feature channels, then the attention maps
         inter_dims = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16]
         for name, channels in (("dim (d_model + attention heads)", dim), ("d_model / 16", inter_dims[-1])):
             if channels < 1 or channels % min(8, channels):

@@ -77,6 +77,26 @@ class DeformableDetrSegmentationOutput(DetrSegmentationOutput):
     enc_outputs_coord_logits: torch.Tensor | None = None
 
 
+@dataclass
+class MaskHeadInputs:
+    """What the attention map and the mask head read from one detector forward. With the detector frozen (and
+    the images fixed) these never change, so training can compute them once per image (training/segmentation.py).
+
+    queries (B, Q, D): the decoder's last outputs; memory (B, D, h, w): the encoder memory level the attention map
+    reads; valid (B, h, w): True on image pixels; features (B, D, h, w): that level's encoder input; fpn [C4, C3,
+    C2]: the backbone maps the FPN steps add.
+    """
+
+    queries: torch.Tensor
+    memory: torch.Tensor
+    valid: torch.Tensor
+    features: torch.Tensor
+    fpn: list[torch.Tensor]
+
+    def select(self, queries: torch.Tensor) -> "MaskHeadInputs":
+        return MaskHeadInputs(queries, self.memory, self.valid, self.features, self.fpn)
+
+
 class StageTap:
     """Keeps the outputs of chosen timm backbone stages while the detector runs (forward hooks on the stage
     modules), so the mask head reads the very maps the detector computed."""
@@ -146,6 +166,14 @@ def _init_head_weights(module):
             if isinstance(conv, torch.nn.Conv2d):
                 init.kaiming_uniform_(conv.weight, a=1)
                 init.zeros_(conv.bias)
+        # The attention maps, the head's only per-query input, sum to 1 over heads x pixels, so each value is
+        # ~1 / (heads x pixels) beside GroupNorm'd features of ~1: at the official scale their weights need
+        # thousands of steps to tell one query's mask from another's. Start them as if each head's share of a
+        # map fell on a 4 x 4 patch (the weights of trained checkpoints load over this).
+        if module.num_maps > 0:
+            scaled = module.lay1.weight.clone()
+            scaled[:, -module.num_maps:] *= 16 * module.num_maps
+            init.copy_(module.lay1.weight, scaled)  # like the init functions, leaves loaded weights alone
 
 
 class _SegmentationHead:
@@ -226,47 +254,64 @@ class _SegmentationHead:
                                   output_hidden_states=output_hidden_states, return_dict=True)
         return detection, stages
 
-    def _masks(self, queries, memory, valid, features, fpn_stages):
-        """queries (B, Q, D); memory, features (B, D, h, w); valid (B, h, w) -> pred_masks (B, Q, H/4, W/4)."""
-        attention_maps = self.bbox_attention(queries, memory, padding_mask=~valid)
-        masks = self.mask_head(features, attention_maps, fpn_stages)
-        return masks.view(queries.shape[0], queries.shape[1], *masks.shape[-2:])
+    def detect(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None):
+        """The detector's forward (its losses when labels are given) and the head's inputs from it."""
+        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
+        detection, stage_maps = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
+                                                   output_hidden_states)
+        return detection, self._head_inputs(detection, stage_maps, pixel_mask)
 
-    def _matched_masks(self, queries, indices, memory, valid, features, fpn_stages):
+    def predict_masks(self, inputs: MaskHeadInputs) -> torch.Tensor:
+        """The attention map and mask head on `inputs`: (B, Q, H/4, W/4) mask logits of every query."""
+        attention_maps = self.bbox_attention(inputs.queries, inputs.memory, padding_mask=~inputs.valid)
+        masks = self.mask_head(inputs.features, attention_maps, inputs.fpn)
+        return masks.view(inputs.queries.shape[0], inputs.queries.shape[1], *masks.shape[-2:])
+
+    def _matched_masks(self, inputs: MaskHeadInputs, indices):
         """Masks of the matched queries only, (N, H/4, W/4) in the order of `indices`: the mask losses read no
         other query, so a training step need not run the head for the rest (Q is 100-300, N the object count)."""
+        queries = inputs.queries
         counts = [len(src) for src, _ in indices]
         selected = torch.zeros(len(indices), max(1, *counts), dtype=torch.long, device=queries.device)
         for image, (src, _) in enumerate(indices):
             selected[image, :len(src)] = src.to(queries.device)
         subset = queries.gather(1, selected[..., None].expand(-1, -1, queries.shape[-1]))
-        masks = self._masks(subset, memory, valid, features, fpn_stages)  # (B, max count, h, w)
+        masks = self.predict_masks(inputs.select(subset))  # (B, max count, h, w)
         return torch.cat([masks[image, :count] for image, count in enumerate(counts)])
 
-    def _masks_and_output(self, detection, memory, valid, features, fpn_stages, labels, return_dict):
+    def match(self, detection, labels) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The Hungarian matching of the detector's predictions to `labels`, per image (query indices, target
+        indices): the one its criterion computed for the set losses (matching is deterministic)."""
+        device = detection.logits.device
+        targets = [{**t, "class_labels": t["class_labels"].to(device), "boxes": t["boxes"].to(device)}
+                   for t in labels]
+        criterion = SetCriterion.from_config(self.config, use_focal_loss=self.uses_focal_loss)
+        return criterion.matcher({"logits": detection.logits, "pred_boxes": detection.pred_boxes}, targets)
+
+    def mask_loss(self, matched, labels, indices) -> tuple[torch.Tensor, dict]:
+        """The weighted mask loss of the matched queries' masks (N, H/4, W/4) and its terms {"loss_mask",
+        "loss_dice"} (unweighted)."""
+        terms = mask_losses(matched, labels, indices, _num_boxes(labels, matched.device))
+        loss = (self.config.mask_loss_coefficient * terms["loss_mask"]
+                + self.config.dice_loss_coefficient * terms["loss_dice"])
+        return loss, terms
+
+    def _masks_and_output(self, detection, inputs: MaskHeadInputs, labels, return_dict):
         """The masks (all queries', or with `train_matched_masks_only` in training the matched ones'), the mask
         losses when labels are given, and the output."""
-        queries, loss, loss_dict = detection.last_hidden_state, detection.loss, detection.loss_dict
+        loss, loss_dict = detection.loss, detection.loss_dict
         pred_masks = indices = None
         if labels is not None:
             validate_masks(labels)
-            predictions = {"logits": detection.logits, "pred_boxes": detection.pred_boxes}
-            device = detection.logits.device
-            targets = [{**t, "class_labels": t["class_labels"].to(device), "boxes": t["boxes"].to(device)}
-                       for t in labels]
-            # the detector's criterion matched the same predictions; matching is deterministic
-            criterion = SetCriterion.from_config(self.config, use_focal_loss=self.uses_focal_loss)
-            indices = criterion.matcher(predictions, targets)
+            indices = self.match(detection, labels)
         if indices is not None and self.training and getattr(self.config, "train_matched_masks_only", False):
-            matched = self._matched_masks(queries, indices, memory, valid, features, fpn_stages)
+            matched = self._matched_masks(inputs, indices)
         else:
-            pred_masks = self._masks(queries, memory, valid, features, fpn_stages)
+            pred_masks = self.predict_masks(inputs)
             matched = None if indices is None else matched_predictions(pred_masks, indices)
         if indices is not None:
-            terms = mask_losses(matched, labels, indices, _num_boxes(targets, device))
-            loss_dict = {**loss_dict, **terms}
-            loss = (loss + self.config.mask_loss_coefficient * terms["loss_mask"]
-                    + self.config.dice_loss_coefficient * terms["loss_dice"])
+            mask_loss, terms = self.mask_loss(matched, labels, indices)
+            loss, loss_dict = loss + mask_loss, {**loss_dict, **terms}
         fields = {k: v for k, v in detection.items() if k in self.output_class.__dataclass_fields__}
         result = self.output_class(**{**fields, "loss": loss, "loss_dict": loss_dict, "pred_masks": pred_masks})
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -309,16 +354,18 @@ class DetrForSegmentation(_SegmentationHead, DetrPreTrainedModel):
         self._build_head(config, _stage_indices(self.detr))
         self.post_init()
 
-    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
-        detection, (c2, c3, c4, c5) = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
-                                                         output_hidden_states)
+    def _head_inputs(self, detection, stage_maps, pixel_mask) -> MaskHeadInputs:
+        c2, c3, c4, c5 = stage_maps
         batch_size, height, width = c5.shape[0], *c5.shape[-2:]
         memory = detection.encoder_last_hidden_state.transpose(1, 2).reshape(batch_size, -1, height, width)
         features = self.detr.model.input_projection(c5)  # the encoder's input, as the official head reads it
-        return self._masks_and_output(detection, memory, _valid_at(pixel_mask, (height, width)), features,
-                                      [c4, c3, c2], labels, return_dict)
+        return MaskHeadInputs(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)), features,
+                              [c4, c3, c2])
+
+    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        detection, inputs = self.detect(pixel_values, pixel_mask, labels, output_attentions, output_hidden_states)
+        return self._masks_and_output(detection, inputs, labels, return_dict)
 
 
 class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedModel):
@@ -342,11 +389,7 @@ class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedM
         self._build_head(config, stages)
         self.post_init()
 
-    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
-        detection, stage_maps = self._run_detector(pixel_values, pixel_mask, labels, output_attentions,
-                                                   output_hidden_states)
+    def _head_inputs(self, detection, stage_maps, pixel_mask) -> MaskHeadInputs:
         by_stage = dict(zip(self.stage_tap.stage_indices, stage_maps))
         level = self.level_stages.index(self.feature_stage)
         # the memory is the levels' pixels concatenated in level order: skip the finer levels before ours
@@ -357,12 +400,18 @@ class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedM
         memory = memory.transpose(1, 2).reshape(batch_size, -1, height, width)
         features = self.detr.model.input_proj[level](stage)  # the level's encoder input, as DETR's head reads
         c2, c3, c4 = stage_maps[:3]
-        return self._masks_and_output(detection, memory, _valid_at(pixel_mask, (height, width)), features,
-                                      [c4, c3, c2], labels, return_dict)
+        return MaskHeadInputs(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)), features,
+                              [c4, c3, c2])
+
+    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        detection, inputs = self.detect(pixel_values, pixel_mask, labels, output_attentions, output_hidden_states)
+        return self._masks_and_output(detection, inputs, labels, return_dict)
 
 
 __all__ = [
     "DeformableDetrForSegmentation",
+    "MaskHeadInputs",
     "DeformableDetrSegmentationOutput",
     "DetrForSegmentation",
     "DetrSegmentationOutput",

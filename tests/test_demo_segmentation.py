@@ -28,6 +28,11 @@ def test_segments_are_drawn():
     indices = kept(maps, threshold)
     assert 0 < len(indices) < SMALL["num_queries"]
     assert table_html(maps, indices, model.config.id2label).count("<tr>") == len(indices) + 1  # + the header
+    # masks that tile the image (an untrained head's masks are arbitrary): each query a vertical strip
+    masks = maps["outputs"].pred_masks
+    strips = torch.arange(masks.shape[-1]) * masks.shape[1] // masks.shape[-1]
+    maps["outputs"].pred_masks = torch.where(strips == torch.arange(masks.shape[1])[:, None, None], 10.0, -10.0
+                                             ).expand_as(masks).clone()
     with_segments = np.asarray(detections_picture(image, maps, indices, threshold, processor, model.config.id2label))
     maps["outputs"].pred_masks = None  # the same picture without the masks
     boxes_only = np.asarray(detections_picture(image, maps, indices, threshold, processor, model.config.id2label))

@@ -49,6 +49,9 @@ class TrainConfig:
                                     "the detector (training/segmentation.py; the data needs masks)")
     freeze_detector: bool = option(True, "panoptic / instance: the paper's two steps (detector, then the mask head "
                                          "with the detector frozen); false: one joint run")
+    cache_detector_outputs: bool = option(True, "panoptic / instance, the mask-head step on a frozen detector: run "
+                                                "the detector once per image and train the head on its kept "
+                                                "outputs (same losses, far cheaper steps; one process)")
     detector_step: dict = option(help="panoptic / instance with freeze_detector: overrides of this config for step "
                                       "1, the detector's training (e.g. epochs); empty: the model is used as it is",
                                  factory=dict)

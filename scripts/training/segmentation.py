@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig, default_output_dir, repo_path
 from .errors import UsageError
+from .frozen_detector_cache import FrozenDetectorCache, collate_cached, default_max_bytes, head_loss
 from .optim import build_optimizer, build_scheduler
 
 
@@ -373,20 +374,45 @@ def _collator(processor):
 
 def train_step(model, data: SegmentationData, config: TrainConfig, accelerator: Accelerator, name: str) -> list:
     """One step of the recipe: AdamW with the paper's parameter groups over the trainable parameters, for
-    `config.epochs` epochs or `config.max_train_minutes` / `max_steps`, whichever comes first. Returns the
-    per-epoch history (mean losses)."""
-    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=_collator(data.train.processor),
-                        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
+    `config.epochs` epochs or `config.max_train_minutes` / `max_steps`, whichever comes first (the time includes
+    building the cache). Returns the per-epoch history (mean losses). The mask head on a frozen detector trains on
+    its cached outputs (frozen_detector_cache.py) when `cache_detector_outputs` and one process."""
+    started = time.time()
+    generator = torch.Generator().manual_seed(config.seed)
+    cached = (name == "masks" and config.cache_detector_outputs and accelerator.num_processes == 1
+              and accelerator.unwrap_model(model).detector_frozen)
+    if cached:
+        model = model.to(accelerator.device)
+        cache = FrozenDetectorCache.build(model, data.train, _collator(data.train.processor),
+                                          config.eval_batch_size or config.batch_size, default_max_bytes(),
+                                          accelerator.print)
+        loader = DataLoader(cache, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                            collate_fn=collate_cached, generator=generator)
+    else:
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                            collate_fn=_collator(data.train.processor), num_workers=config.num_workers,
+                            generator=generator)
     if len(loader) == 0:
         raise UsageError(f"{len(data.train)} training images cannot fill one batch of {config.batch_size}")
     optimizer = build_optimizer(model, config.lr, config.lr_backbone_mult, config.lr_linear_proj_mult,
                                 config.weight_decay)
     scheduler = build_scheduler(optimizer, len(loader) * config.epochs, config.schedule,
                                 config.lr_drop_epoch * len(loader), config.lr_gamma, config.warmup_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if cached:
+        def loss_of(batch):
+            return head_loss(model, *batch)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+        def loss_of(batch):
+            outputs = model(**batch)
+            return outputs.loss, outputs.loss_dict
+    return _optimize(model, loader, loss_of, optimizer, scheduler, config, accelerator, name, started)
+
+
+def _optimize(model, loader, loss_of, optimizer, scheduler, config, accelerator, name, started) -> list:
     trainable = [p for p in model.parameters() if p.requires_grad]
-    history, step, started = [], 0, time.time()
+    history, step = [], 0
 
     def done() -> bool:
         late = config.max_train_minutes and time.time() - started > 60 * config.max_train_minutes
@@ -397,15 +423,15 @@ def train_step(model, data: SegmentationData, config: TrainConfig, accelerator: 
         sums, count = {}, 0
         for batch in tqdm(loader, desc=f"{name} epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True,
                           disable=not accelerator.is_local_main_process):
-            outputs = model(**batch)
-            accelerator.backward(outputs.loss)
+            loss, loss_dict = loss_of(batch)
+            accelerator.backward(loss)
             if config.clip_grad_norm:
                 accelerator.clip_grad_norm_(trainable, config.clip_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
             scheduler.step()
             step, count = step + 1, count + 1
-            for key, value in {"loss": outputs.loss, **outputs.loss_dict}.items():
+            for key, value in {"loss": loss, **loss_dict}.items():
                 if key.startswith("loss") and key[-1] not in "0123456789":  # the final layer's terms
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
             if done():
