@@ -5,8 +5,9 @@ semantics of the official code's `ms_deform_attn_core_pytorch` and of transforme
 `MultiScaleDeformableAttention`: bilinear sampling with `grid_sample(align_corners=False)` and zero padding,
 so a sampling location (x, y) in [0, 1] addresses the continuous pixel coordinate (x * W - 0.5, y * H - 0.5).
 
-While an ONNX export traces it (`torch.jit.is_tracing()`), the same sum is written as `one_canvas_msda`: one
-GridSample over all levels instead of one per level, which ONNX runtimes execute faster (eager results unchanged).
+While an ONNX export traces the encoder's self-attention (`torch.jit.is_tracing()`), the same sum is written as
+`one_canvas_msda`: one GridSample over all levels instead of one per level, which ONNX runtimes execute faster
+(eager results unchanged).
 
 Imports torch only: this file is copied as-is by `trust_remote_code`.
 """
@@ -37,7 +38,9 @@ def multi_scale_deformable_attention(
     batch_size, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     shapes = spatial_shapes.tolist() if torch.is_tensor(spatial_shapes) else [tuple(s) for s in spatial_shapes]
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing() and int(num_queries) == int(value.shape[1]):
+        # the encoder (every position a query): one GridSample over a canvas. The decoder's few queries do not
+        # repay building the canvas, so it keeps the per-level form; both are exact at every size.
         return one_canvas_msda(value, shapes, sampling_locations, attention_weights)
     value_list = value.split([h * w for h, w in shapes], dim=1)  # no int(): a trace keeps the sizes symbolic
     sampling_grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
