@@ -5,10 +5,12 @@
 attention_weights) -> output`, with the signature and shapes of `detrkit.kernels.multi_scale_deformable_attention`,
 instead of the portable GridSample subgraph (the default). onnxruntime has no such op: `onnx_session(path)` registers
 it through onnxruntime-extensions, whose Python custom ops call back into this process, where the op runs detrkit's
-C++ CPU kernel on the node's buffers. So such a file needs, at run time, Python with detrkit and
-onnxruntime-extensions installed (`pip install onnxruntime-extensions`), and runs on the CPU execution provider;
-other runtimes (C++, web, mobile) cannot load it. A compiled onnxruntime custom-op library would lift that, but
-needs onnxruntime's C headers, which no package here provides.
+C++ CPU kernel on copies of the node's inputs (onnxruntime-extensions copies them in and the output back). The
+kernel runs with PyTorch's thread count (`torch.set_num_threads`), not the session's intra-op threads. So such a
+file needs, at run time, Python with detrkit and onnxruntime-extensions installed (`pip install
+onnxruntime-extensions`), and runs on the CPU execution provider; other runtimes (C++, web, mobile) cannot load it.
+A compiled onnxruntime custom-op library would lift that, but needs onnxruntime's C headers, which no package here
+provides.
 """
 from __future__ import annotations
 
