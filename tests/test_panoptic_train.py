@@ -112,3 +112,18 @@ def test_panoptic_picture_colours_each_segment():
     left, right = drawn[:, 2 * scale, 2 * scale], drawn[:, 2 * scale, -2 * scale]
     assert not torch.equal(left, right)  # two segments, two colours
     assert not torch.equal(left, torch.tensor([255, 255, 255], dtype=torch.uint8))
+
+
+def test_demo_config_runs_both_steps_with_the_cached_head_step(tmp_path, capsys):
+    """scripts/configs/panoptic_shapes.yaml as the README runs it, cut to a few images and steps."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "scripts" / "configs" / "panoptic_shapes.yaml"
+    code = train_main(["--config", str(config), "--data-cache", str(tmp_path / "data"), "--builtin-num-train", "16",
+                       "--builtin-num-val", "4", "--set", "detector_step={max_steps: 1, lr: 2.0e-4}",
+                       "--max-steps", "3", "--num-workers", "0", "--output-dir", str(tmp_path / "run"),
+                       "--report-to", "[]"])
+    assert code == 0
+    assert "cached the frozen detector's outputs for 16 images" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"]["detector"]["optimizer_steps"] == 1 and metrics["steps"]["masks"]["optimizer_steps"] == 3
