@@ -178,7 +178,8 @@ def _init_head_weights(module):
 
 class _SegmentationHead:
     """What DetrForSegmentation and DeformableDetrForSegmentation share: building the head around `self.detr`,
-    freezing, loading a detector, the mask losses and the output. A mixin of plain methods, no forward."""
+    freezing, loading a detector, the forward (detector, head inputs, masks), the mask losses and the output. Each
+    class says where its head inputs come from (`_head_inputs`)."""
 
     detector_class = None  # the detection model class `self.detr` is
     output_class = DetrSegmentationOutput
@@ -253,6 +254,12 @@ class _SegmentationHead:
             detection = self.detr(pixel_values, pixel_mask, labels=labels, output_attentions=output_attentions,
                                   output_hidden_states=output_hidden_states, return_dict=True)
         return detection, stages
+
+    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        """pixel_values (B, 3, H, W), pixel_mask (B, H, W) 1 on image pixels; labels as the class docstring says."""
+        detection, inputs = self.detect(pixel_values, pixel_mask, labels, output_attentions, output_hidden_states)
+        return self._masks_and_output(detection, inputs, labels, return_dict)
 
     def detect(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None):
         """The detector's forward (its losses when labels are given) and the head's inputs from it."""
@@ -362,11 +369,6 @@ class DetrForSegmentation(_SegmentationHead, DetrPreTrainedModel):
         return MaskHeadInputs(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)), features,
                               [c4, c3, c2])
 
-    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        detection, inputs = self.detect(pixel_values, pixel_mask, labels, output_attentions, output_hidden_states)
-        return self._masks_and_output(detection, inputs, labels, return_dict)
-
 
 class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedModel):
     """Deformable DETR + the same head; the attention map reads the stride-16 (C4) memory level (see the module
@@ -402,11 +404,6 @@ class DeformableDetrForSegmentation(_SegmentationHead, DeformableDetrPreTrainedM
         c2, c3, c4 = stage_maps[:3]
         return MaskHeadInputs(detection.last_hidden_state, memory, _valid_at(pixel_mask, (height, width)), features,
                               [c4, c3, c2])
-
-    def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        detection, inputs = self.detect(pixel_values, pixel_mask, labels, output_attentions, output_hidden_states)
-        return self._masks_and_output(detection, inputs, labels, return_dict)
 
 
 __all__ = [
