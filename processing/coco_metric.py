@@ -24,6 +24,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 __all__ = ["CocoDetectionMetric", "CocoEvaluator", "coco_evaluate", "coco_mask_evaluate", "instance_segments_to_coco",
+           "run_cocoeval",
            "STAT_NAMES"]
 
 # The order of COCOeval.stats for iouType="bbox".
@@ -105,8 +106,18 @@ def coco_evaluate(predictions: list[dict], references: list[dict], id2label: dic
         id2label = {i: str(i) for i in sorted(seen)}
     categories = [{"id": int(i), "name": str(name)} for i, name in sorted(id2label.items())]
 
+    coco_eval = run_cocoeval(images, gt_annotations, detections, categories, "bbox")
+    results = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+    if per_class:
+        results.update(_per_class(coco_eval, categories))
+    return results
+
+
+def run_cocoeval(images: list[dict], annotations: list[dict], detections: list[dict], categories: list[dict],
+                 iou_type: str) -> COCOeval:
+    """COCOeval (evaluate, accumulate, summarize) of COCO results against in-memory ground truth, quietly."""
     coco_gt = COCO()
-    coco_gt.dataset = {"images": images, "annotations": gt_annotations, "categories": categories}
+    coco_gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and the table
         coco_gt.createIndex()
         if detections:
@@ -115,14 +126,11 @@ def coco_evaluate(predictions: list[dict], references: list[dict], id2label: dic
             coco_dt = COCO()
             coco_dt.dataset = {"images": images, "annotations": [], "categories": categories}
             coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    results = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
-    if per_class:
-        results.update(_per_class(coco_eval, categories))
-    return results
+    return coco_eval
 
 
 def _per_class(coco_eval: COCOeval, categories: list[dict]) -> dict[str, dict[str, float]]:
@@ -254,18 +262,5 @@ def coco_mask_evaluate(records, predictions: dict, id2label: dict[int, str]) -> 
                                    "iscrowd": int(ann.get("iscrowd") or 0)})
         detections += instance_segments_to_coco(record.image_id, predictions[record.image_id])
     categories = [{"id": int(i), "name": str(name)} for i, name in sorted(id2label.items())]
-    coco_gt = COCO()
-    coco_gt.dataset = {"images": images, "annotations": gt_annotations, "categories": categories}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt.createIndex()
-        if detections:
-            coco_dt = coco_gt.loadRes(detections)
-        else:
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": images, "annotations": [], "categories": categories}
-            coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="segm")
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
+    coco_eval = run_cocoeval(images, gt_annotations, detections, categories, "segm")
     return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}

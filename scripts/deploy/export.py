@@ -158,6 +158,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
             dynamic_axes=_dynamic_axes(detector), do_constant_folding=True, custom_opsets=OPSET if custom else None,
         )
     if custom and not uses_custom_op(path):
+        path.unlink()  # not the file that was asked for: leave none rather than a portable one under this name
         raise ValueError(f"--msda-op detrkit: no deformable attention of {type(model).__name__} reached the custom "
                          "node (its code is not detrkit's modeling package, e.g. remote code); export it without "
                          "--msda-op")

@@ -12,6 +12,7 @@ run the backbone on the padded images. Only matched queries are kept, the only o
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 import torch
@@ -41,20 +42,27 @@ class FrozenDetectorCache(torch.utils.data.Dataset):
             raise UsageError("cached detector outputs need a frozen detector (freeze_detector: true)")
         model.eval()
         device = next(model.parameters()).device
-        by_size = defaultdict(list)
-        for index in range(len(dataset)):
-            by_size[tuple(dataset[index]["pixel_values"].shape[-2:])].append(index)
-        items = []
-        for indices in by_size.values():
-            for start in range(0, len(indices), batch_size):
-                batch = collator([dataset[i] for i in indices[start:start + batch_size]])
-                items += cls._encode(model, batch, device)
-                if len(items) == len(batch["labels"]):  # the first batch: check the size of the whole cache
-                    estimate = sum(_nbytes(item) for item in items) / len(items) * len(dataset)
-                    if estimate > max_bytes:
-                        raise UsageError(f"caching the frozen detector's outputs would take {estimate / 2**30:.1f} "
-                                         f"GiB (limit {max_bytes / 2**30:.1f} GiB): set cache_detector_outputs: "
-                                         "false to run the detector at every step")
+        pending, items = defaultdict(list), []  # size -> items waiting for a full batch of that size
+
+        def run(batch_items):
+            items.extend(cls._encode(model, collator(batch_items), device))
+            if len(items) == len(batch_items):  # the first batch: check the size of the whole cache
+                estimate = sum(_nbytes(item) for item in items) / len(items) * len(dataset)
+                if estimate > max_bytes:
+                    raise UsageError(f"caching the frozen detector's outputs would take {estimate / 2**30:.1f} GiB "
+                                     f"(limit {max_bytes / 2**30:.1f} GiB): set cache_detector_outputs: false to "
+                                     "run the detector at every step")
+
+        for index in range(len(dataset)):  # each item read once; batches of one size, so nothing is padded
+            item = dataset[index]
+            group = pending[tuple(item["pixel_values"].shape[-2:])]
+            group.append(item)
+            if len(group) == batch_size:
+                run(group[:])
+                group.clear()
+        for group in pending.values():
+            if group:
+                run(group)
         log(f"cached the frozen detector's outputs for {len(items)} images "
             f"({sum(_nbytes(item) for item in items) / 2**20:.0f} MiB)")
         return cls(items)
@@ -124,8 +132,6 @@ def head_loss(model, fields: dict, labels: list[dict], indices) -> tuple[torch.T
 def default_max_bytes() -> float:
     """A quarter of the machine's memory (or 8 GiB when it cannot be read)."""
     try:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
     except (ValueError, OSError, AttributeError):
         return 8 * 2**30

@@ -25,12 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -211,36 +209,12 @@ def panoptic_metrics(data: SegmentationData, predictions: dict) -> dict:
 
 
 def mask_ap(data: SegmentationData, predictions: dict) -> dict:
-    """COCO mask AP (pycocotools' COCOeval, iouType "segm") of the instance segments."""
-    import contextlib
-    import io
+    """COCO mask AP (pycocotools' COCOeval, iouType "segm") of the instance segments: AP, AP50, AP75 and AP by
+    area as segm_map, segm_map_50, ..."""
+    from detrkit.processing.coco_metric import STAT_NAMES, coco_mask_evaluate
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images, annotations, detections = [], [], []
-    for record in data.eval_records:
-        images.append({"id": record.image_id, "width": record.width, "height": record.height})
-        for annotation in record.annotations:
-            annotations.append({**annotation, "id": len(annotations) + 1, "image_id": record.image_id})
-        predicted = predictions[record.image_id]
-        segmentation = predicted["segmentation"].numpy()
-        for segment in predicted["segments_info"]:
-            rle = mask_utils.encode(np.asfortranarray((segmentation == segment["id"]).astype(np.uint8)))
-            detections.append({"image_id": record.image_id, "category_id": int(segment["label_id"]),
-                               "segmentation": rle, "score": float(segment["score"])})
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO()
-        ground_truth.dataset = {"images": images, "annotations": annotations, "categories": data.categories}
-        ground_truth.createIndex()
-        if not detections:
-            return {"segm_map": 0.0, "segm_map_50": 0.0, "segm_map_75": 0.0}
-        evaluator = COCOeval(ground_truth, ground_truth.loadRes(detections), "segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return dict(zip(("segm_map", "segm_map_50", "segm_map_75", "segm_map_small", "segm_map_medium",
-                     "segm_map_large"), (float(v) for v in evaluator.stats[:6])))
+    stats = coco_mask_evaluate(data.eval_records, predictions, data.id2label)
+    return {f"segm_{name}": stats[name] for name in STAT_NAMES[:6]}
 
 
 # --------------------------------------------------------------------------------------------- drawing
