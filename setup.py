@@ -1,21 +1,30 @@
 """detrkit: the DETR family of end-to-end object detectors for the Hugging Face ecosystem.
 
-`detrkit` is a namespace package: its sub-packages live in top-level folders that are mapped
-onto `detrkit.*` here (never importable as bare `modeling`/`processing`/`kernels`, since
-transformers imports any third-party package called `kernels` it finds).
+`detrkit` is a namespace package assembled from source roots, each holding a `detrkit/` folder: modeling/,
+processing/ and kernels/ (the library that travels to the Hub) and scripts/ (the application: command line,
+training, inference, data, metrics, conversion, deploy). A module's path names its import: `detrkit.training.loop`
+is scripts/detrkit/training/loop.py. No top-level folder is a Python package, so from a checkout's root nothing
+passes for another package (transformers imports the third-party `kernels` package).
 """
+from pathlib import Path
+
 from setuptools import setup
 
-SUBPACKAGES = {
-    "detrkit": "scripts/detrkit_main",  # only __main__.py (`python -m detrkit`); no __init__.py: still a namespace
-    "detrkit.modeling": "modeling",
-    "detrkit.processing": "processing",
-    "detrkit.kernels": "kernels",
-    "detrkit.training": "scripts/training",  # train / evaluate / predict / data, and the `detrkit` command line
-    "detrkit.conversion": "scripts/conversion",  # official checkpoints -> save_pretrained folders
-    "detrkit.deploy": "scripts/deploy",  # ONNX export, attention pictures, the web demo
-    "detrkit.model_cards": "model_cards",  # card templates (data only): detrkit/modeling/../model_cards as in the repo
-}
+SOURCE_ROOTS = ["modeling", "processing", "kernels", "scripts"]
+
+
+def detrkit_packages() -> dict[str, str]:
+    """{import name: folder} for every package under the source roots' detrkit/ folders."""
+    packages = {"detrkit": "scripts/detrkit"}  # `python -m detrkit`; no __init__.py: a namespace
+    for root in SOURCE_ROOTS:
+        for init in sorted(Path(root, "detrkit").rglob("__init__.py")):
+            folder = init.parent
+            packages[".".join(folder.relative_to(root).parts)] = folder.as_posix()
+    packages["detrkit.model_cards"] = "model_cards"  # card templates (data only)
+    return packages
+
+
+SUBPACKAGES = detrkit_packages()
 
 # detrkit export / visualize / demo / space, to_supervision, videos in detrkit predict
 DEPLOY = {
@@ -61,7 +70,9 @@ setup(
     extras_require={
         # the deploy tests run in CI too (the browser test also needs Debian's chromium + chromium-driver)
         # setuptools with its own bdist_wheel: the wheel test builds offline (no build isolation)
-        "test": ["pytest>=8", "hypothesis>=6.100", "setuptools>=70.1", *DEPLOY_EXTRAS, "selenium>=4.10"],
+        # torchmetrics: an independent PQ to test against; kernels: the package a checkout must not shadow
+        "test": ["pytest>=8", "hypothesis>=6.100", "setuptools>=70.1", "torchmetrics>=1.0", "kernels",
+                 *DEPLOY_EXTRAS, "selenium>=4.10"],
         **DEPLOY,
     },
 )

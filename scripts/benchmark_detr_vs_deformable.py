@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from detrkit.training.config import REPO_ROOT, build_config
+from detrkit.training.config import build_config
 from detrkit.training.data import load_split, resolve_source
 from detrkit.training.history import read_history
 from detrkit.training.loop import train
 from detrkit.training.models import make_processor, model_classes
 
-DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "deformable-detr-shapes-a"
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "deformable-detr-shapes-a"
 SHARED_ARCHITECTURE = dict(backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3,
                            encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=512,
                            decoder_ffn_dim=512, num_queries=100, auxiliary_loss=True, dropout=0.0)

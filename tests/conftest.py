@@ -7,26 +7,18 @@ import sys
 import textwrap
 from pathlib import Path
 
-# `python -m pytest` (the README's command) puts the repository root on sys.path, where the kernels/ folder
-# would pass for the third-party `kernels` package that transformers probes for at import (a circular-import
-# error). detrkit itself is imported through its installation, so the root is not needed on the path.
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-
-# A preamble that makes detrkit unimportable in a child process (its editable-install finder, path hooks and the
-# checkout itself), so a Hub load there proves that plain transformers + trust_remote_code suffice.
-_HIDE_DETRKIT = f"""
+# A preamble that makes detrkit unimportable in a child process (its editable-install finder and path hooks), so a
+# Hub load there proves that plain transformers + trust_remote_code suffice.
+_HIDE_DETRKIT = """
 import sys
 def _editable(obj):
     return "__editable__" in (getattr(obj, "__module__", None) or type(obj).__module__)
 sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
 sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
 sys.path_importer_cache.clear()
-sys.path[:] = [p for p in sys.path if p and not p.startswith({str(_ROOT)!r})]
 try:
     import detrkit
 except ImportError:
@@ -36,9 +28,11 @@ else:
 """
 
 
-def run_without_detrkit(script: str, *args, cwd) -> subprocess.CompletedProcess:
-    """Run `script` (Python source; sys.argv[1:] = args) in a fresh, offline interpreter where detrkit is hidden."""
-    env = {**os.environ, "HF_HOME": str(Path(cwd) / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
+def run_without_detrkit(script: str, *args, cwd, hf_home=None) -> subprocess.CompletedProcess:
+    """Run `script` (Python source; sys.argv[1:] = args) in a fresh, offline interpreter where detrkit is hidden,
+    with the Hub cache (where remote code is copied) in `hf_home` (default: cwd/hf)."""
+    env = {**os.environ, "HF_HOME": str(Path(hf_home or Path(cwd) / "hf")), "HF_HUB_OFFLINE": "1",
+           "PYTHONNOUSERSITE": "1"}
     env.pop("PYTHONPATH", None)
     return subprocess.run([sys.executable, "-c", _HIDE_DETRKIT + textwrap.dedent(script), *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

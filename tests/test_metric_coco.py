@@ -12,7 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detrkit.processing.coco_metric import STAT_NAMES, CocoDetectionMetric, CocoEvaluator, coco_evaluate
 
-METRIC_FILE = Path(__file__).resolve().parents[1] / "processing" / "coco_metric.py"
+METRIC_FILE = Path(__file__).resolve().parents[1] / "processing" / "detrkit" / "processing" / "coco_metric.py"
 
 
 def direct_cocoeval(gt_images, gt_annotations, detections, num_classes):

@@ -19,7 +19,7 @@ from detrkit.modeling import (
 
 from conftest import SMALL, padded_batch, random_labels
 
-MODELING = Path(__file__).resolve().parents[1] / "modeling"
+MODELING = Path(__file__).resolve().parents[1] / "modeling" / "detrkit" / "modeling"
 
 
 def deformable(**overrides):

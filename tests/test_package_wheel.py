@@ -3,6 +3,7 @@ and predicts from a folder outside the repository through the `detrkit` console 
 with the checkout's editable install hidden, and ships the model card templates (the same card as the repo's)."""
 import os
 import shutil
+import site as site_module
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(".git", "build", "dist", "outputs", "runs", "checkpoints", "*.egg-info", "__pycache__",
                               ".pytest_cache", ".hypothesis", "data")
-# Runs in every interpreter of the venv: the system site-packages (seen through --system-site-packages for torch
-# and friends) carry this checkout's editable finder, which must not answer for `detrkit` here.
-HIDE_EDITABLE = """
-import sys
-def _editable(obj):
-    return "__editable__" in (getattr(obj, "__module__", None) or type(obj).__module__)
-sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
-sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
-sys.path[:] = [p for p in sys.path if "__editable__" not in p]
-sys.path_importer_cache.clear()
-"""
 TINY = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 1, decoder_layers: 1, "
         "encoder_attention_heads: 2, decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, "
         "num_queries: 10, num_feature_levels: 2, encoder_n_points: 2, decoder_n_points: 2}")
@@ -44,12 +34,14 @@ def venv(tmp_path_factory):
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", source, "-w", root / "dist"],
         root, env)
     wheel = next((root / "dist").glob("detrkit-*.whl"))
-    run([sys.executable, "-m", "venv", "--system-site-packages", root / "venv"], root, env)
+    run([sys.executable, "-m", "venv", root / "venv"], root, env)
     python = root / "venv" / "bin" / "python"
     run([python, "-m", "pip", "install", "--no-deps", "-q", wheel], root, env)
     site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root, env)
                 .stdout.strip())
-    (site / "sitecustomize.py").write_text(HIDE_EDITABLE)
+    # torch and friends from this interpreter's site folders, as plain path entries: their .pth files (this
+    # checkout's editable finder among them) do not run there
+    (site / "outer_site.pth").write_text("\n".join(site_module.getsitepackages()) + "\n")
     work = root / "elsewhere"
     work.mkdir()
     env = {**env, "DETRKIT_DISABLE_KERNELS": "1", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",

@@ -25,11 +25,11 @@ from typing import Any
 
 import yaml
 
+from ..checkout import checkout_root
 from .errors import UsageError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (editable install); site-packages when installed
+REPO_ROOT = checkout_root()  # None when installed from a wheel
 DEMO_CONFIG = Path("scripts") / "configs" / "finetune_shapes_b.yaml"
-DEFAULT_CONFIG = REPO_ROOT / DEMO_CONFIG  # kept for callers that read the demo file directly
 LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
                 "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
 ALIASES = {"log_with": "report_to"}  # earlier names still read from config files and flags
@@ -160,8 +160,8 @@ def find_in_repository(path: str | Path) -> Path | None:
     """`path` as given (relative to the current folder) if it exists, else relative to the checkout detrkit runs
     from (an editable install), else None."""
     path = Path(path).expanduser()
-    for candidate in (path, REPO_ROOT / path):
-        if candidate.exists():
+    for candidate in (path, REPO_ROOT / path if REPO_ROOT else None):
+        if candidate is not None and candidate.exists():
             return candidate
     return None
 
@@ -303,8 +303,9 @@ def is_demo(args: argparse.Namespace) -> bool:
 def demo_config_file() -> Path:
     found = find_in_repository(DEMO_CONFIG)
     if found is None:
+        checkout = REPO_ROOT or "a checkout (detrkit runs from a wheel)"
         raise UsageError(f"the demo (no --model / --data) needs detrkit's repository: {DEMO_CONFIG} is neither in "
-                         f"{Path.cwd()} nor in {REPO_ROOT}. Run from a clone of detrkit, or name what to train, "
+                         f"{Path.cwd()} nor in {checkout}. Run from a clone of detrkit, or name what to train, "
                          "e.g. `detrkit train --model deformable-detr --data path/to/coco`")
     return found
 

@@ -1,11 +1,8 @@
 """Model cards written next to saved weights (save_pretrained) and uploaded with them (push_to_hub)."""
 
+import importlib.util
 import string
 from pathlib import Path
-
-# Templates live in the repository's model_cards/ folder; code copied to the Hub (trust_remote_code) has no such
-# folder next to it, so a short built-in card stands in there.
-_TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
 _FALLBACK = """---
 library_name: transformers
 pipeline_tag: object-detection
@@ -19,10 +16,23 @@ $num_parameters parameters). Load it with
 """
 
 
+def _template_text(template: str) -> str:
+    """detrkit.model_cards/<template>.md (the repository's model_cards/ folder); code copied to the Hub
+    (trust_remote_code) may run without detrkit installed, and then a short built-in card stands in."""
+    try:
+        spec = importlib.util.find_spec("detrkit.model_cards")
+    except ModuleNotFoundError:
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / f"{template}.md"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    return _FALLBACK
+
+
 def render_model_card(model, template: str = "detr") -> str:
     """Fill model_cards/<template>.md with the model's config; `$name` placeholders, unknown ones left as-is."""
-    path = _TEMPLATES / f"{template}.md"
-    text = path.read_text(encoding="utf-8") if path.is_file() else _FALLBACK
+    text = _template_text(template)
     config = model.config
     values = {
         **{k: v for k, v in config.to_dict().items() if isinstance(v, (str, int, float, bool))},

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..checkout import checkout_root
+
 APP = '''"""Hugging Face Space: the detrkit demo (written by `detrkit space`)."""
 import os
 
@@ -36,15 +38,9 @@ pinned: false
 REQUIREMENTS = ["gradio>=5", "matplotlib", "onnx", "onnxruntime"]
 
 
-def _checkout() -> Path | None:
-    """The source tree detrkit runs from, when it is a checkout (editable install) rather than a wheel."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "setup.py").exists() else None
-
-
 def build_wheel(out_dir: Path) -> str:
     """Build detrkit's wheel into `out_dir`; returns the requirement line for it."""
-    root = _checkout()
+    root = checkout_root()
     if root is None:
         raise RuntimeError("detrkit is not installed from a checkout: pass --detrkit-requirement (e.g. a git URL)")
     before = set(out_dir.glob("detrkit-*.whl"))
