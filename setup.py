@@ -48,7 +48,7 @@ setup(
     package_dir=SUBPACKAGES,
     package_data={"detrkit.kernels": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "csrc/*.cuh"],
                   "detrkit.model_cards": ["*.md"]},
-    entry_points={"console_scripts": ["detrkit = detrkit.training.cli:main"]},
+    entry_points={"console_scripts": ["detrkit = detrkit.cli.dispatch:main"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

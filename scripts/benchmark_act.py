@@ -122,9 +122,9 @@ def cost_part(preset: str, height: int, width: int, repeats: int, log=print) -> 
 
 
 def eval_loader(data_root: str, processor, batch_size: int):
-    from detrkit.processing.collator import DetectionCollator
-    from detrkit.processing.detection_data import load_detection_data
-    from detrkit.processing.detection_dataset import DetectionDataset
+    from detrkit.data.collator import DetectionCollator
+    from detrkit.data.dataset import DetectionDataset
+    from detrkit.data.layouts import load_detection_data
 
     records = load_detection_data(data_root, split="val", on_error="raise")
     loader = torch.utils.data.DataLoader(DetectionDataset(records, processor), batch_size=batch_size,
@@ -152,8 +152,8 @@ def accuracy_part(checkpoint: str, data_root: str, mtkd: dict, threshold: float,
 
     import detrkit.processing  # noqa: F401  (registers detrkit's processors: checkpoints/ folders name no code)
     from detrkit.modeling import DetrForObjectDetection
-    from detrkit.processing.coco_metric import coco_evaluate
-    from detrkit.training.evaluation import predict
+    from detrkit.metrics.coco import coco_evaluate
+    from detrkit.inference.coco_evaluation import predict
 
     processor = AutoImageProcessor.from_pretrained(checkpoint)
     records, loader = eval_loader(data_root, processor, batch_size)

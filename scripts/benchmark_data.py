@@ -131,7 +131,7 @@ def memory(pid: int) -> dict[str, float]:
 
 
 def stage_load(root: Path) -> dict:
-    from detrkit.processing.detection_data import load_detection_data
+    from detrkit.data.layouts import load_detection_data
 
     gc.collect()
     before = memory(os.getpid())["rss"]
@@ -169,7 +169,7 @@ def total(batch):
 def stage_workers(root: Path, workers: int, records_kind: str, batch_size: int) -> dict:
     import torch
 
-    from detrkit.processing.detection_data import load_detection_data
+    from detrkit.data.layouts import load_detection_data
 
     data = load_detection_data(root, "train2017", on_error="raise")
     records = list(data.records) if records_kind == "list" else data.records

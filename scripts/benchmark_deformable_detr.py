@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
 VARIANTS = {
     "plain": {},
@@ -76,9 +75,7 @@ def run_case(implementation, mode, args, disable_kernels=False):
     command = [sys.executable, "-c", CHILD, implementation, mode, json.dumps(VARIANTS[args.variant]),
                str(args.threads), str(args.repeats), str(args.height), str(args.width), args.memory_savers,
                "on" if args.activation_checkpointing else "off"]
-    # run outside the checkout: its top-level kernels/ folder would shadow the `kernels` package transformers
-    # probes for
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{implementation} {mode} failed:\n{result.stderr[-3000:]}")
     measured = json.loads(result.stdout.strip().splitlines()[-1])

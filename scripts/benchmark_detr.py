@@ -14,7 +14,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 
 import torch
 import transformers
@@ -49,7 +48,6 @@ def run(impl, args):
     result = subprocess.run(
         [sys.executable, "-c", WORKER, impl, str(args.threads), str(args.repeats), str(args.height), str(args.width)],
         capture_output=True, text=True,
-        cwd=tempfile.gettempdir(),  # not the checkout: its kernels/ folder would shadow the `kernels` package
     )
     if result.returncode:
         raise SystemExit(f"{impl} worker failed:\n{result.stderr}")

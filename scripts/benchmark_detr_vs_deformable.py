@@ -29,15 +29,17 @@ import torch
 from detrkit.training.config import build_config
 from detrkit.training.data import load_split, resolve_source
 from detrkit.training.history import read_history
-from detrkit.training.loop import train
-from detrkit.training.models import make_processor, model_classes
+from detrkit.training.train import train
+from detrkit.families import DEFORMABLE_DETR, DETR
+from detrkit.training.models import make_processor
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "deformable-detr-shapes-a"
 SHARED_ARCHITECTURE = dict(backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3,
                            encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=512,
                            decoder_ffn_dim=512, num_queries=100, auxiliary_loss=True, dropout=0.0)
 KINDS = ("detr", "deformable")
-LABELS = {"detr": "DETR", "deformable": "Deformable DETR"}
+FAMILIES = {"detr": DETR, "deformable": DEFORMABLE_DETR}  # output folder name -> model family
+LABELS = {kind: family.title for kind, family in FAMILIES.items()}
 
 
 def parse_args(argv=None):
@@ -73,7 +75,7 @@ def backbone_state(source: str) -> dict[str, torch.Tensor] | None:
 def initial_model(kind: str, id2label: dict, backbone: dict | None, seed: int) -> torch.nn.Module:
     """The untrained detector of `kind` with the shared backbone weights loaded (every backbone tensor)."""
     torch.manual_seed(seed)
-    config_class, model_class = model_classes(kind)
+    config_class, model_class = FAMILIES[kind].config_class, FAMILIES[kind].detection_class
     labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     model = model_class(config_class(**SHARED_ARCHITECTURE, **labels, freeze_backbone_batch_norm=backbone is not None))
     if backbone is not None:
@@ -101,7 +103,7 @@ def train_one(args, kind: str) -> list[dict]:
     output = Path(args.output_dir) / kind
     init_dir = output / "init"
     probe = run_config(args, kind, init_dir, output)
-    processor = make_processor(kind, probe)
+    processor = make_processor(FAMILIES[kind], probe)
     id2label = load_split(resolve_source(probe, log=lambda *_: None), probe.train_split, probe).id2label
     model = initial_model(kind, id2label, backbone_state(args.backbone), args.seed)
     model.save_pretrained(init_dir)

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from detrkit.deploy.export import export_onnx
-from detrkit.deploy.loading import is_deformable, load_model
 from detrkit.deploy.onnx_custom_ops import onnx_session
+from detrkit.families import DEFORMABLE_DETR, family_of
+from detrkit.inference.loading import load_model
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -70,16 +71,19 @@ def encoder_inputs(size):
 
 def op_benchmark(size, repeats, threads):
     """Deformable attention alone, Deformable DETR R50's encoder shape, each way it can run."""
-    from detrkit.deploy.onnx_custom_ops import OPSET, custom_msda_export
+    from detrkit.deploy.onnx_custom_ops import OPSET, msda_node
     from detrkit.kernels import multi_scale_deformable_attention as kernel
-    from detrkit.modeling import deformable_attention
     from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
 
     value, shapes, spatial_shapes, start, locations, weights = encoder_inputs(size)
 
     class Op(torch.nn.Module):  # calls the sampling op the way the model does while an export traces it
+        def __init__(self, sampling_function):
+            super().__init__()
+            self.sampling_function = sampling_function
+
         def forward(self, value, locations, weights):
-            return deformable_attention._reference_msda(value, shapes, start, locations, weights)
+            return self.sampling_function(value, shapes, start, locations, weights)
 
     feed = {"value": value.numpy(), "locations": locations.numpy(), "weights": weights.numpy()}
     runs = {}
@@ -89,9 +93,9 @@ def op_benchmark(size, repeats, threads):
             if custom and not custom_op_available():
                 continue
             path = str(Path(folder) / f"msda-{custom}.onnx")
-            with custom_msda_export() if custom else torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes taken in Python: fixed here anyway
-                torch.onnx.export(Op(), (value, locations, weights), path, dynamo=False, opset_version=17,
+                torch.onnx.export(Op(msda_node if custom else reference), (value, locations, weights), path, dynamo=False, opset_version=17,
                                   input_names=list(feed), custom_opsets=OPSET if custom else None)
             runs[name] = (lambda session: lambda: session.run(None, feed))(onnx_session(path, session_options(threads)))
         runs["detrkit C++ kernel, called directly"] = lambda: kernel(value, spatial_shapes, start, locations, weights)
@@ -142,7 +146,7 @@ def main(argv=None):
         for name in args.models:
             torch.manual_seed(0)
             model = load(name)  # PRESET:act for ACT (see load)
-            variants = ["grid_sample"] + ["detrkit"] * (is_deformable(model) and custom_op_available())
+            variants = ["grid_sample"] + ["detrkit"] * (family_of(model) is DEFORMABLE_DETR and custom_op_available())
             sessions = {}
             for msda_op in variants:
                 path = export_onnx(model, Path(folder) / f"{name}-{msda_op}.onnx", example_size=(512, 640),

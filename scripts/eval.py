@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""COCO evaluation of a detector on a data set: the same as `detrkit evaluate` (see detrkit/training/evaluate.py).
+"""COCO evaluation of a detector on a data set: the same as `detrkit evaluate`
+(see detrkit/inference/evaluate_command.py).
 
     python scripts/eval.py outputs/demo/model --data shapes-b
 
@@ -8,7 +9,7 @@ package that detrkit's COCO metric builds on.)
 """
 import sys
 
-from detrkit.training.evaluate import main
+from detrkit.inference.evaluate_command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ from detrkit.modeling.adaptive_clustering_attention import (
     adaptive_clusters,
     clustered_attention,
 )
-from detrkit.modeling.detr_transformer import MultiheadAttention
+from detrkit.modeling.multihead_attention import MultiheadAttention
 
 D, HEADS = 32, 4
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torchvision.transforms import v2
 
-from detrkit.processing.augmentations import AugmentationConfig, RandomSizeCrop, augment, detr_train_transforms
+from detrkit.data.augmentations import AugmentationConfig, RandomSizeCrop, augment, detr_train_transforms
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from detrkit.processing.data_layouts import SplitNotFoundError, discover_splits, split_names
-from detrkit.processing.detection_data import InvalidDatasetError, load_detection_data
+from detrkit.data.layouts import SplitNotFoundError, discover_splits, load_detection_data, split_names
+from detrkit.data.problems import InvalidDatasetError
 
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 42, "name": "zebra"}]  # sparse ids
 # (width, height, [(x, y, w, h, category id)]) per image; whole pixels, so every format is exact

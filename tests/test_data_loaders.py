@@ -9,10 +9,13 @@ import datasets
 import pytest
 from PIL import Image
 
-from detrkit.processing.detection_data import (
-    Categories, InvalidDatasetError, load_coco, load_detection_data, load_hf_dataset, load_imagefolder,
-)
-from detrkit.processing.synthetic_shapes import write_builtin_dataset
+from detrkit.data.builtin.shapes import write_builtin_dataset
+from detrkit.data.coco import load_coco
+from detrkit.data.hf_datasets import load_hf_dataset
+from detrkit.data.imagefolder import load_imagefolder
+from detrkit.data.layouts import load_detection_data
+from detrkit.data.problems import InvalidDatasetError
+from detrkit.data.records import Categories
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +291,7 @@ def test_xyxy_boxes_are_converted(shapes, tmp_path):
 
 
 def test_exif_orientation_is_applied_like_datasets_and_the_processor(tmp_path):
-    from detrkit.processing.detection_data import open_image
+    from detrkit.data.images import open_image
 
     raw = Image.new("RGB", (40, 20), (255, 0, 0))
     raw.paste((0, 0, 255), (0, 0, 10, 20))  # blue on the left of the stored pixels

@@ -4,13 +4,13 @@ import pickle
 import pytest
 import torch
 
+from detrkit.data.augmentations import AugmentationConfig, detr_train_transforms
+from detrkit.data.builtin.shapes import write_builtin_dataset
+from detrkit.data.collator import DetectionCollator
+from detrkit.data.dataset import DetectionDataset
+from detrkit.data.layouts import load_detection_data
+from detrkit.metrics.coco import coco_evaluate
 from detrkit.processing import DetrImageProcessor
-from detrkit.processing.augmentations import AugmentationConfig, detr_train_transforms
-from detrkit.processing.coco_metric import coco_evaluate
-from detrkit.processing.collator import DetectionCollator
-from detrkit.processing.detection_data import load_detection_data
-from detrkit.processing.detection_dataset import DetectionDataset
-from detrkit.processing.synthetic_shapes import write_builtin_dataset
 
 
 @pytest.fixture(scope="module")

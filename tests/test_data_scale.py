@@ -11,14 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+from detrkit.data import cache, coco, validation
+from detrkit.data.builtin.shapes import write_builtin_dataset
+from detrkit.data.check import main as data_main
+from detrkit.data.coco import load_coco
+from detrkit.data.collator import DetectionCollator
+from detrkit.data.dataset import DetectionDataset
+from detrkit.data.layouts import load_detection_data
+from detrkit.data.problems import InvalidDatasetError
+from detrkit.data.record_table import RecordTable
 from detrkit.processing import DetrImageProcessor
-from detrkit.processing import detection_data
-from detrkit.processing.collator import DetectionCollator
-from detrkit.processing.detection_data import load_coco, load_detection_data
-from detrkit.processing.detection_dataset import DetectionDataset
-from detrkit.processing.record_table import RecordTable
-from detrkit.processing.synthetic_shapes import write_builtin_dataset
-from detrkit.training.data_check import main as data_main
 
 
 
@@ -40,8 +42,8 @@ def test_second_load_maps_the_cache_without_parsing(shapes, monkeypatch):
     def no_parsing(path):
         raise AssertionError(f"the cached load parsed {path}")
 
-    monkeypatch.setattr(detection_data, "read_json", no_parsing)
-    monkeypatch.setattr(detection_data, "image_size", no_parsing)
+    monkeypatch.setattr(coco, "read_json", no_parsing)
+    monkeypatch.setattr(validation, "image_size", no_parsing)
     second = load_detection_data(shapes.root, split="train")
     assert second.cache_file == first.cache_file and second.categories == first.categories
     assert [(r.image_id, r.image, r.width, r.height, r.annotations) for r in second] == expected
@@ -62,7 +64,7 @@ def test_the_cache_key_follows_the_annotation_file(shapes):
 def test_problems_are_cached_too_and_on_error_applies_after_the_cache(shapes):
     image_dir, json_file = shapes.splits["train"]
     (image_dir / "000003.png").unlink()
-    with pytest.raises(detection_data.InvalidDatasetError, match="image 3: image file not found"):
+    with pytest.raises(InvalidDatasetError, match="image 3: image file not found"):
         load_coco(json_file, image_dir)
     data = load_coco(json_file, image_dir, on_error="skip")  # from the cache, same problems
     assert data.cache_file is not None and [str(p) for p in data.problems] == [
@@ -168,16 +170,16 @@ def test_data_check_through_the_console_script(shapes, tmp_path):
 
 
 def test_large_sources_are_built_in_a_child_process(shapes, monkeypatch, tmp_path):
-    monkeypatch.setattr(detection_data, "FORK_BUILD_BYTES", 0)
+    monkeypatch.setattr(cache, "FORK_BUILD_BYTES", 0)
     log = tmp_path / "built-in-pids"
-    original = detection_data._check_coco
+    original = coco._check_coco
 
     def spy(*args):
         with open(log, "a") as out:  # a file: the child's memory is not this process's
             out.write(f"{os.getpid()}\n")
         return original(*args)
 
-    monkeypatch.setattr(detection_data, "_check_coco", spy)
+    monkeypatch.setattr(coco, "_check_coco", spy)
     data = load_detection_data(shapes.root, split="val")
     pids = log.read_text().split()
     assert len(pids) == 1 and int(pids[0]) != os.getpid()  # parsed once, by another process
@@ -185,11 +187,11 @@ def test_large_sources_are_built_in_a_child_process(shapes, monkeypatch, tmp_pat
     # errors found in the child are raised here, whole
     image_dir, json_file = shapes.splits["train"]
     (image_dir / "000001.png").write_bytes(b"not an image")
-    with pytest.raises(detection_data.InvalidDatasetError) as raised:
+    with pytest.raises(InvalidDatasetError) as raised:
         load_coco(json_file, image_dir)
     assert [p.image_id for p in raised.value.problems] == [1] and "cannot decode image" in str(raised.value)
     json_file.write_text("{broken")
-    with pytest.raises(detection_data.InvalidDatasetError, match="cannot read the annotation file"):
+    with pytest.raises(InvalidDatasetError, match="cannot read the annotation file"):
         load_coco(json_file, image_dir)
 
 
@@ -232,14 +234,14 @@ def test_concurrent_first_loads_build_once(shapes, monkeypatch, tmp_path):
     import time
 
     calls = []
-    original = detection_data._check_coco
+    original = coco._check_coco
 
     def slow(*args):
         calls.append(threading.get_ident())
         time.sleep(0.5)
         return original(*args)
 
-    monkeypatch.setattr(detection_data, "_check_coco", slow)
+    monkeypatch.setattr(coco, "_check_coco", slow)
     results = []
     threads = [threading.Thread(target=lambda: results.append(load_detection_data(shapes.root, split="val")))
                for _ in range(3)]

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from detrkit.processing.detection_data import load_detection_data
-from detrkit.processing.synthetic_shapes import BUILTIN_DATASETS, builtin_categories, write_builtin_dataset
+from detrkit.data.builtin.shapes import BUILTIN_DATASETS, builtin_categories, write_builtin_dataset
+from detrkit.data.layouts import load_detection_data
 
 # pycocotools decode triggers a numpy 2 DeprecationWarning of its own
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

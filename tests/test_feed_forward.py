@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from detrkit.training.memory_savers import _ReluFeedForward, feed_forward
+from detrkit.training.memory_savers import ReluFeedForwardFunction, feed_forward
 
 
 def modules(seed=0, d=6, hidden=10, dtype=torch.float64):
@@ -15,7 +15,7 @@ def modules(seed=0, d=6, hidden=10, dtype=torch.float64):
 def test_gradcheck_in_float64():
     fc1, _, _, fc2 = modules()
     x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_ReluFeedForward.apply, (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias))
+    assert torch.autograd.gradcheck(ReluFeedForwardFunction.apply, (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias))
 
 
 def test_matches_the_modules_and_saves_only_the_input():

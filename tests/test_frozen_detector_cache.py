@@ -13,8 +13,8 @@ from detrkit.modeling import (
     DetrForSegmentation,
 )
 from detrkit.processing import DetrImageProcessor
-from detrkit.processing.collator import DetectionCollator
-from detrkit.training.errors import UsageError
+from detrkit.data.collator import DetectionCollator
+from detrkit.errors import UsageError
 from detrkit.training.frozen_detector_cache import FrozenDetectorCache, collate_cached, head_loss
 
 TINY = dict(SMALL, encoder_attention_heads=8, decoder_attention_heads=8, d_model=32, encoder_ffn_dim=64,

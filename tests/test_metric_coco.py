@@ -10,9 +10,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detrkit.processing.coco_metric import STAT_NAMES, CocoDetectionMetric, CocoEvaluator, coco_evaluate
+from detrkit.metrics.coco import STAT_NAMES, CocoDetectionMetric, CocoEvaluator, coco_evaluate
 
-METRIC_FILE = Path(__file__).resolve().parents[1] / "processing" / "detrkit" / "processing" / "coco_metric.py"
+METRIC_FILE = Path(__file__).resolve().parents[1] / "scripts" / "detrkit" / "metrics" / "coco.py"
 
 
 def direct_cocoeval(gt_images, gt_annotations, detections, num_classes):

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", "build", "dist", "outputs", "runs", "checkpoints", "*.egg-info", "__pycache__",
-                              ".pytest_cache", ".hypothesis", "data")
+TOP_LEVEL_SKIP = {".git", "build", "dist", "outputs", "runs", "checkpoints", "data", ".pytest_cache", ".hypothesis"}
+
+
+def SKIP(folder, names):
+    """What the copy leaves out: generated top-level folders (not detrkit.data's data/), caches anywhere."""
+    top_level = Path(folder) == REPO
+    return [n for n in names if (top_level and n in TOP_LEVEL_SKIP) or n == "__pycache__" or n.endswith(".egg-info")]
 TINY = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 1, decoder_layers: 1, "
         "encoder_attention_heads: 2, decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, "
         "num_queries: 10, num_feature_levels: 2, encoder_n_points: 2, decoder_n_points: 2}")

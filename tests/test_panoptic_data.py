@@ -9,12 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from detrkit.processing import DetectionCollator, DetrImageProcessor
-from detrkit.processing.coco_panoptic import InvalidPanopticDataError, PanopticDataset, load_coco_panoptic
-from detrkit.processing.panoptic_metric import PanopticQuality
-from detrkit.processing.panoptic_shapes import write_builtin_panoptic_dataset
+from detrkit.data.builtin.drawing import draw_image
+from detrkit.data.builtin.panoptic_shapes import write_builtin_panoptic_dataset
+from detrkit.data.coco_panoptic import load_coco_panoptic
+from detrkit.data.collator import DetectionCollator
+from detrkit.data.panoptic_dataset import PanopticDataset
+from detrkit.data.panoptic_records import InvalidPanopticDataError
+from detrkit.metrics.panoptic import PanopticQuality
+from detrkit.processing import DetrImageProcessor
 from detrkit.processing.segmentation_annotations import rgb_to_id
-from detrkit.processing.synthetic_shapes import draw_image
 
 # sha256 of shapes-a and shapes-b images 0-4 of both splits (seed 0, 128 px) with their class ids and masks, as
 # the demo checkpoint's data was drawn (numpy 2 / Pillow 11 rasterization).
@@ -115,7 +118,7 @@ def test_datasets_tables_panoptic_and_semantic(panoptic_set):
     COCO folder; a semantic-map column gives one segment per class present, ignore_index as VOID."""
     import datasets
 
-    from detrkit.processing.coco_panoptic import load_hf_panoptic
+    from detrkit.data.hf_panoptic import load_hf_panoptic
 
     folder = load_coco_panoptic(panoptic_set.root, "val")
     table = datasets.Dataset.from_dict({
@@ -144,7 +147,7 @@ def test_datasets_tables_panoptic_and_semantic(panoptic_set):
 
 
 def test_augment_flips_image_and_map_together(panoptic_set):
-    from detrkit.processing.coco_panoptic import horizontal_flip
+    from detrkit.data.panoptic_dataset import horizontal_flip
 
     data = load_coco_panoptic(panoptic_set.root, "val")
     processor = DetrImageProcessor(do_resize=False, do_normalize=False, do_rescale=False)

@@ -9,10 +9,12 @@ import transformers
 from conftest import SMALL
 from PIL import Image
 
-from detrkit.processing import DetectionCollator, DetrImageProcessor
-from detrkit.processing.coco_panoptic import PanopticDataset, load_coco_panoptic
-from detrkit.processing.panoptic_metric import PanopticQuality, panoptic_prediction
-from detrkit.processing.panoptic_shapes import write_builtin_panoptic_dataset
+from detrkit.data.builtin.panoptic_shapes import write_builtin_panoptic_dataset
+from detrkit.data.coco_panoptic import load_coco_panoptic
+from detrkit.data.collator import DetectionCollator
+from detrkit.data.panoptic_dataset import PanopticDataset
+from detrkit.metrics.panoptic import PanopticQuality, panoptic_prediction
+from detrkit.processing import DetrImageProcessor
 from detrkit.processing.segmentation_annotations import rgb_to_id
 
 modeling = pytest.importorskip("detrkit.modeling")

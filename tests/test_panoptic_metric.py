@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchmetrics.detection import PanopticQuality as TorchmetricsPanopticQuality
 
-from detrkit.processing.panoptic_metric import PanopticQuality, panoptic_prediction, panoptic_quality, pq_compute
+from detrkit.metrics.panoptic import PanopticQuality, panoptic_prediction, panoptic_quality, pq_compute
 from detrkit.processing.segmentation_annotations import SegmentationAnnotationError, id_to_rgb
 
 CATEGORIES = [{"id": 1, "isthing": 1, "name": "a"}, {"id": 2, "isthing": 1, "name": "b"},

@@ -1,4 +1,4 @@
-"""`detrkit train --task panoptic|instance` (detrkit.training.segmentation): the two-step recipe end to end on tiny
+"""`detrkit train --task panoptic|instance` (detrkit.training.segmentation and its parts): the two-step recipe end to end on tiny
 built-in sets, the evaluation wiring (PQ of the ground truth itself is 1), the class rows carried over to a new
 head, and the panoptic picture."""
 
@@ -17,7 +17,10 @@ from detrkit.modeling import (
     DetrConfig,
     DetrForObjectDetection,
 )
-from detrkit.training import segmentation
+from detrkit.training.panoptic_drawing import draw_panoptic
+from detrkit.training.segmentation_data import load_segmentation_data
+from detrkit.training.segmentation_evaluation import panoptic_metrics
+from detrkit.training.segmentation_model import carry_over_class_rows
 from detrkit.training.config import TrainConfig
 from detrkit.training.train import main as train_main
 
@@ -45,6 +48,11 @@ def test_two_step_panoptic_run_writes_pq_model_and_picture(tmp_path):
     assert set(metrics["per_class"]) >= {"sky", "wall", "ground", "red circle"}
     assert metrics["steps"]["detector"]["optimizer_steps"] == 1 and metrics["steps"]["masks"]["optimizer_steps"] == 1
     assert (run / "detector" / "model.safetensors").exists()
+    last = {}
+    for step in ("detector", "masks"):  # the one training loop's history and checkpoints, per step
+        last[step] = json.loads((run / "steps" / step / "history.jsonl").read_text().splitlines()[-1])
+        assert last[step]["step"] == 1 and (run / "steps" / step / "checkpoints" / "index.json").exists()
+    assert "loss_giou" in last["detector"] and "loss_dice" in last["masks"]
     assert (run / "panoptic.png").exists() and (run / "predictions.png").exists()
     model = transformers.AutoModelForImageSegmentation.from_pretrained(run / "model")
     assert type(model).__name__ == "DeformableDetrForSegmentation" and model.config.freeze_detector
@@ -67,7 +75,7 @@ def test_ground_truth_as_prediction_scores_pq_1(tmp_path):
 
     config = TrainConfig(task="panoptic", data="shapes-a-panoptic", data_cache=str(tmp_path), builtin_num_train=2,
                          builtin_num_val=3, image_size=64)
-    data = segmentation.load_segmentation_data(config, DetrImageProcessor(), log=lambda *a: None)
+    data = load_segmentation_data(config, DetrImageProcessor(), log=lambda *a: None)
     predictions = {}
     for record in data.eval_records:
         ids = np.asarray(Image.open(record.panoptic_png).convert("RGB")).astype(np.int64)
@@ -77,7 +85,7 @@ def test_ground_truth_as_prediction_scores_pq_1(tmp_path):
             "segmentation": torch.from_numpy(ids),
             "segments_info": [{"id": s["id"], "label_id": to_label[s["category_id"]], "score": 1.0}
                               for s in record.segments_info]}
-    metrics = segmentation.panoptic_metrics(data, predictions)
+    metrics = panoptic_metrics(data, predictions)
     assert metrics["pq"] == metrics["pq_things"] == metrics["pq_stuff"] == 1.0
     assert data.stuff_label_ids == {12, 13, 14}
 
@@ -91,7 +99,7 @@ def test_known_class_rows_carry_over_to_the_new_head(tmp_path, kind):
     old.save_pretrained(tmp_path)
     new_labels = {0: "c", 1: "x", 2: "a", 3: "y"}
     new = model_class.from_pretrained(tmp_path, id2label=new_labels, num_labels=4, ignore_mismatched_sizes=True)
-    assert segmentation.carry_over_class_rows(new, tmp_path, log=lambda *a: None) == 2
+    assert carry_over_class_rows(new, tmp_path, log=lambda *a: None) == 2
     head = "class_labels_classifier" if kind == "detr" else "class_embed.0"
     old_weight, new_weight = old.get_parameter(f"{head}.weight"), new.get_parameter(f"{head}.weight")
     torch.testing.assert_close(new_weight[0], old_weight[2])  # "c"
@@ -106,7 +114,7 @@ def test_panoptic_picture_colours_each_segment():
     segmentation_map = torch.zeros(30, 40, dtype=torch.int64)
     segmentation_map[:, :20], segmentation_map[:, 20:] = 1, 2
     info = [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 1}]
-    drawn = segmentation.draw_panoptic(image, segmentation_map, info, {0: "sky", 1: "wall"})
+    drawn = draw_panoptic(image, segmentation_map, info, {0: "sky", 1: "wall"})
     assert drawn.dtype == torch.uint8 and drawn.shape[0] == 3 and drawn.shape[1] >= 30
     scale = drawn.shape[1] // 30
     left, right = drawn[:, 2 * scale, 2 * scale], drawn[:, 2 * scale, -2 * scale]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from detrkit.training import cli
+from detrkit.cli import dispatch as cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = ["person", "car", "dog"]

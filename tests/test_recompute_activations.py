@@ -8,9 +8,10 @@ from torch import nn
 from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection, DetrConfig, DetrForObjectDetection
 from detrkit.modeling.deformable_attention import MultiScaleDeformableAttention
 from detrkit.training.memory_savers import (
+    SEAMS,
+    LinearOfSumFunction,
     OutputSavingLayerNorm,
-    _LinearOfSum,
-    _OutputSavingLayerNorm,
+    OutputSavingLayerNormFunction,
     apply_memory_savers,
     linear_of_sum,
     memory_savers_wanted,
@@ -41,7 +42,7 @@ def affine_layer_norm(d=6, dtype=torch.float64, seed=0):
 def test_layer_norm_gradcheck_in_float64():
     norm = affine_layer_norm()
     x = (torch.randn(3, 4, 6, dtype=torch.float64) * 3 + 2).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, w, b: _OutputSavingLayerNorm.apply(x, [6], w, b, 1e-5),
+    assert torch.autograd.gradcheck(lambda x, w, b: OutputSavingLayerNormFunction.apply(x, [6], w, b, 1e-5),
                                     (x, norm.weight, norm.bias))
 
 
@@ -51,7 +52,7 @@ def test_layer_norm_matches_nn_layer_norm_and_keeps_no_input():
     reference.load_state_dict(norm.state_dict())  # same parameter names
     x = torch.randn(2, 50, 32, requires_grad=True)
     out, saved = saved_storages(norm, x)
-    assert type(out.grad_fn).__name__.startswith("_OutputSavingLayerNorm")
+    assert type(out.grad_fn).__name__.startswith("OutputSavingLayerNormFunction")
     assert x.untyped_storage().data_ptr() not in saved and out.untyped_storage().data_ptr() in saved
     expected = reference(x)
     torch.testing.assert_close(out, expected)
@@ -94,8 +95,8 @@ def test_linear_of_sum_gradcheck_with_broadcast_position():
     pos = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)  # one embedding for the whole batch
     weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_LinearOfSum.apply, (x, pos, weight, bias))
-    assert torch.autograd.gradcheck(lambda x, pos, w: _LinearOfSum.apply(x, pos, w, None), (x, pos, weight))
+    assert torch.autograd.gradcheck(LinearOfSumFunction.apply, (x, pos, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, pos, w: LinearOfSumFunction.apply(x, pos, w, None), (x, pos, weight))
 
 
 def test_linear_of_sum_keeps_the_terms_not_the_sum():
@@ -166,8 +167,9 @@ def test_model_same_weights_keys_loss_and_gradients_with_the_savers(family):
     apply_memory_savers(model)
     swapped = {type(m).__name__ for m in model.modules()}
     assert {"MaskDropout", "OutputSavingLayerNorm"} <= swapped
-    assert any(name.startswith("RecomputingFeedForward") for name in swapped)
-    assert (family == "deformable") == any(name.startswith("StackedQueryProjection") for name in swapped)
+    seams = {seam for m in model.modules() for seam in SEAMS if seam in vars(m)}
+    assert seams == ({"feed_forward_function", "query_projection_function"} if family == "deformable"
+                     else {"feed_forward_function"})
     assert model.state_dict().keys() == state.keys()
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -179,7 +181,7 @@ def test_model_same_weights_keys_loss_and_gradients_with_the_savers(family):
 
     remove_memory_savers(model)
     assert not {"MaskDropout", "OutputSavingLayerNorm"} & {type(m).__name__ for m in model.modules()}
-    assert not any("Recomputing" in type(m).__name__ for m in model.modules())
+    assert not any(seam in vars(m) for m in model.modules() for seam in SEAMS)
 
 
 def test_the_savers_cut_what_a_training_step_keeps_for_backward():

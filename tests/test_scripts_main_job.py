@@ -30,7 +30,7 @@ def run(script, *args, cwd=None):
 def shapes_a_checkpoint(tmp_path_factory):
     """A tiny Deformable DETR with shapes-a's 12 classes, as save_pretrained writes it."""
     from detrkit.modeling import DeformableDetrForObjectDetection, config_from_preset
-    from detrkit.processing.synthetic_shapes import builtin_categories
+    from detrkit.data.builtin.shapes import builtin_categories
 
     labels = {i: c["name"] for i, c in enumerate(sorted(builtin_categories("shapes-a"), key=lambda c: c["id"]))}
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from detrkit.metrics.coco import coco_mask_evaluate
 from detrkit.processing import DetrImageProcessor
-from detrkit.processing.coco_metric import coco_mask_evaluate
 
 
 @dataclass

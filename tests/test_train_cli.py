@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from detrkit.training import cli, config as config_module
+from detrkit.cli import dispatch as cli
+from detrkit.training import config as config_module
+from detrkit.families import DEFORMABLE_DETR, DETR
 from detrkit.training.config import (TrainConfig, default_output_dir, launcher_settings, parse_config,
                                      resolve_for_data, resolve_for_model)
 
@@ -56,18 +58,18 @@ def test_demo_file_only_for_the_demo(tmp_path, monkeypatch):
 
 def test_choices_from_model_and_data():
     config = TrainConfig(model="facebook/detr-resnet-50", data="my/coco")
-    sized, notes = resolve_for_model(config, "detr", {"shortest_edge": 800, "longest_edge": 1333}, builtin_data=False)
+    sized, notes = resolve_for_model(config, DETR, {"shortest_edge": 800, "longest_edge": 1333}, builtin_data=False)
     assert (sized.image_size, sized.max_size, sized.threshold) == (800, 1333, 0.5)
     assert any("checkpoint's processor" in n for n in notes)
-    assert resolve_for_model(config, "deformable", None, builtin_data=False)[0].threshold == 0.3
-    assert resolve_for_model(config, "deformable", None, builtin_data=True)[0].image_size == 128
-    small, notes = resolve_for_data(sized, "detr", 160, pretrained=True)
+    assert resolve_for_model(config, DEFORMABLE_DETR, None, builtin_data=False)[0].threshold == 0.3
+    assert resolve_for_model(config, DEFORMABLE_DETR, None, builtin_data=True)[0].image_size == 128
+    small, notes = resolve_for_data(sized, DETR, 160, pretrained=True)
     assert small.epochs == 100 and small.lr == 1e-4 and small.lr_drop_epoch == 80 and small.eval_every == 10
     assert any("epochs 100 (160 training images" in n for n in notes)
-    big = resolve_for_data(sized, "deformable", 118_287, pretrained=True)[0]
+    big = resolve_for_data(sized, DEFORMABLE_DETR, 118_287, pretrained=True)[0]
     assert big.epochs == 12 and big.lr == 2e-4
-    assert resolve_for_data(sized, "deformable", 500, pretrained=False)[0].epochs == 50
-    fixed = resolve_for_data(TrainConfig(model="m", data="d", epochs=7, eval_every=0), "detr", 10, True)[0]
+    assert resolve_for_data(sized, DEFORMABLE_DETR, 500, pretrained=False)[0].epochs == 50
+    fixed = resolve_for_data(TrainConfig(model="m", data="d", epochs=7, eval_every=0), DETR, 10, True)[0]
     assert (fixed.epochs, fixed.eval_every) == (7, 0)
     assert re.fullmatch(r"outputs/detr-resnet-50-coco-\d{8}-\d{6}", default_output_dir(config))
 

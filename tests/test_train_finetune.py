@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.models._meta import _COCO_CATEGORIES
 
-from detrkit.training import cli
+from detrkit.cli import dispatch as cli
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]  # COCO's own ids
 TINY = dict(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64,
@@ -86,7 +86,7 @@ def test_evaluate_maps_coco_slots_by_original_id(coco, coco_checkpoint, tmp_path
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from detrkit.training import evaluation
+    from detrkit.inference import coco_evaluation
 
     truth = json.loads((coco / "annotations" / "instances_val.json").read_text())
     # detections in the model's label space (the COCO slot = the original id): every box found but the last
@@ -105,7 +105,7 @@ def test_evaluate_maps_coco_slots_by_original_id(coco, coco_checkpoint, tmp_path
                                    "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)}
         results += [{"image_id": image["id"], "category_id": l, "score": s,
                      "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]} for s, l, b in zip(scores, labels, boxes)]
-    monkeypatch.setattr(evaluation, "predict", lambda model, batches, processor: (list(batches), detections)[1])
+    monkeypatch.setattr(coco_evaluation, "predict", lambda model, batches, processor: (list(batches), detections)[1])
 
     output = tmp_path / "eval.json"
     log = detrkit(capsys, "evaluate", coco_checkpoint, "--data", coco, "--split", "val", "--output", output)

@@ -1,13 +1,14 @@
 """A short transformers.Trainer run with detrkit's dataset, collator and COCO metric (the recipe in
-scripts/training/hf_trainer.py), whose mAP agrees with detrkit's own evaluation of the same model."""
+scripts/detrkit/training/hf_trainer.py), whose mAP agrees with detrkit's own evaluation of the same model."""
 import pytest
 import torch
 
 from detrkit.modeling import DetrForObjectDetection, config_from_preset
-from detrkit.processing import DetectionCollator, DetectionDataset, DetrImageProcessor
+from detrkit.data import DetectionCollator, DetectionDataset
+from detrkit.processing import DetrImageProcessor
+from detrkit.inference.coco_evaluation import coco_metric, predict
 from detrkit.training.config import TrainConfig
-from detrkit.training.data import coco_metric, load_split, resolve_source
-from detrkit.training.evaluation import predict
+from detrkit.training.data import load_split, resolve_source
 from detrkit.training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric
 from detrkit.training.optim import build_optimizer
 

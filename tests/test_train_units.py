@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from detrkit.families import DEFORMABLE_DETR, DETR
 from detrkit.training.config import TrainConfig, apply_overrides, parse_config, resolve_recipe
 from detrkit.training.history import append_record, read_history, truncate_history
 from detrkit.training.models import apply_backbone_policy, check_loading, resolve_policy
@@ -40,8 +41,8 @@ def test_bad_keys_are_named():
 
 def test_recipe_defaults_per_model():
     config = TrainConfig(epochs=12)
-    assert resolve_recipe(config, "detr").lr == 1e-4
-    deformable = resolve_recipe(config, "deformable")
+    assert resolve_recipe(config, DETR).lr == 1e-4
+    deformable = resolve_recipe(config, DEFORMABLE_DETR)
     assert deformable.lr == 2e-4 and deformable.lr_drop_epoch == 10 and deformable.eval_batch_size == config.batch_size
 
 
@@ -154,7 +155,7 @@ def test_numbers_without_a_dot_are_numbers(tmp_path):
 def test_colour_jitter_and_user_transforms(tmp_path):
     from torchvision.transforms import v2
 
-    from detrkit.processing.augmentations import AugmentationConfig, augment, detr_train_transforms
+    from detrkit.data.augmentations import AugmentationConfig, augment, detr_train_transforms
     from detrkit.training.user_transforms import load_user_transforms, with_user_transforms
 
     image = torch.full((3, 40, 60), 100, dtype=torch.uint8)
@@ -198,7 +199,7 @@ def test_card_metadata_names_base_model_datasets_and_metrics(tmp_path):
     card.write_text("---\nlicense: apache-2.0\ntags: [detrkit]\n---\n# A detector\n\n"
                     "## Training and evaluation\n\nTBD\n")
     config = resolve_recipe(TrainConfig(model="facebook/detr-resnet-50", data="cppe-5", epochs=3, image_size=800,
-                                        eval_split="test"), "detr")
+                                        eval_split="test"), DETR)
     loaded = SimpleNamespace(source="facebook/detr-resnet-50", hub_id="facebook/detr-resnet-50", backbone_note="x")
     data = SimpleNamespace(id2label={0: "Coverall", 1: "Mask"}, train=[0] * 10, eval_records=[0] * 4)
     metrics = {"map": 0.25, "map_50": 0.5, "map_75": 0.2, "map_small": -1.0, "map_medium": 0.1, "map_large": 0.3}
@@ -229,7 +230,8 @@ def test_every_shipped_config_parses():
 def test_remote_code_only_when_asked(monkeypatch):
     import transformers
 
-    from detrkit.training import models, pretrained
+    from detrkit.inference import loading
+    from detrkit.training import models
 
     seen = []
 
@@ -244,7 +246,7 @@ def test_remote_code_only_when_asked(monkeypatch):
     def train_load(trust):
         return models.load_model(TrainConfig(model="someone/custom", data="d", trust_remote_code=trust))
 
-    for load in (train_load, lambda trust: pretrained.load_pretrained("someone/custom", trust_remote_code=trust)):
+    for load in (train_load, lambda trust: loading.load_model("someone/custom", trust_remote_code=trust)):
         with pytest.raises(ValueError, match="needs its own code from the Hub.*add --trust-remote-code"):
             load(False)
         with pytest.raises(OSError, match="stop here"):

@@ -1,4 +1,4 @@
-"""Test-time augmentation (detrkit.training.tta): view geometry, the merge rule, and `detrkit evaluate --tta`.
+"""Test-time augmentation (detrkit.inference.tta): view geometry, the merge rule, and `detrkit evaluate --tta`.
 
 The geometric reference is an oracle detector that reads the box of a bright rectangle straight off its input:
 whatever view it sees (mirrored, rescaled, padded), the TTA bookkeeping must bring its box back to the same place
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from detrkit.processing import DetrImageProcessor
-from detrkit.training.tta import TTAConfig, augment_batch, merge_detections, predict_batch_tta, unflip_boxes
+from detrkit.inference.tta import TTAConfig, augment_batch, merge_detections, predict_batch_tta, unflip_boxes
 
 
 class OracleDetector(torch.nn.Module):
@@ -102,8 +102,8 @@ def test_evaluate_command_with_tta(tmp_path):
     from conftest import SMALL
 
     from detrkit.modeling import DetrConfig, DetrForObjectDetection
-    from detrkit.processing import builtin_categories
-    from detrkit.training.evaluate import main
+    from detrkit.data.builtin.shapes import builtin_categories
+    from detrkit.inference.evaluate_command import main
 
     names = [c["name"] for c in builtin_categories("shapes-a")]
     torch.manual_seed(0)

@@ -10,10 +10,10 @@ from conftest import SMALL
 
 av = pytest.importorskip("av")
 
-from detrkit.deploy.video import predict_video  # noqa: E402
+from detrkit.inference.video import predict_video  # noqa: E402
 from detrkit.modeling import DetrConfig, DetrForObjectDetection  # noqa: E402
 from detrkit.processing import DetrImageProcessor  # noqa: E402
-from detrkit.processing.synthetic_shapes import draw_image  # noqa: E402
+from detrkit.data.builtin.drawing import draw_image  # noqa: E402
 
 FRAMES, SIZE, THRESHOLD = 6, 96, 0.53
 
@@ -84,7 +84,7 @@ def test_bad_inputs_name_the_problem(model_and_processor, tmp_path):
 
 
 def test_predict_command_dispatches_videos(model_and_processor, tmp_path):
-    from detrkit.training.predict import main
+    from detrkit.inference.predict_command import main
 
     model, processor = model_and_processor
     model.save_pretrained(tmp_path / "model")

@@ -5,7 +5,7 @@ namespace whose sub-packages (modeling, processing, training, ...) live in their
 """
 import sys
 
-from detrkit.training.cli import main
+from detrkit.cli.dispatch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .detr_transformer import MultiheadAttention
+from .multihead_attention import MultiheadAttention
 
 _INT64_LIMIT = 2**62  # headroom below int64's maximum for the combined cluster keys
 

@@ -5,20 +5,25 @@ level l and point k it regresses an offset and a weight from the query feature; 
 by a softmax over all levels x points. The bilinear sampling itself is one function call
 (`multi_scale_deformable_attention`), served by the compiled kernels when detrkit is installed and by the
 pure-PyTorch reference otherwise (e.g. under `trust_remote_code`, where only modeling/ is copied).
+
+The sampling is also the module's seam: `sampling_function`, when set (for a block: `override_sampling`), is
+called instead, with `multi_scale_deformable_attention`'s arguments. The ONNX export writes a custom node through
+it and the attention pictures record the sampling points through it.
 """
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import initialization as init
 
 from .detr_transformer import with_pos
-from .multi_scale_deformable_attention import multi_scale_deformable_attention as _reference_msda
+from .multi_scale_deformable_attention import multi_scale_deformable_attention
 
 try:  # optional: absent under trust_remote_code, where the reference serves
-    from detrkit.kernels import multi_scale_deformable_attention as _fast_msda
+    from detrkit.kernels import multi_scale_deformable_attention as compiled_msda
 except ImportError:
-    _fast_msda = None
+    compiled_msda = None
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -26,7 +31,18 @@ class MultiScaleDeformableAttention(nn.Module):
 
     Parameter names follow the official code and transformers (`sampling_offsets`, `attention_weights`,
     `value_proj`, `output_proj`) so their checkpoints load unchanged.
+
+    `sampling_function`: None (the kernel or the reference, `default_sampling`), or a callable taking
+    `multi_scale_deformable_attention`'s arguments (value, spatial_shapes, level_start_index, sampling_locations,
+    attention_weights) and returning its (B, Q, C) result. spatial_shapes is the (L, 2) tensor, or while a trace
+    runs the (h_l, w_l) pairs read from the feature maps (symbolic sizes).
+    `query_projection_function`: a seam for memory savers (detrkit.training.memory_savers): None, or a callable
+    (query, query_pos, sampling_offsets, attention_weights) -> (offsets, logits), the same values as the two
+    projections of query + query_pos.
     """
+
+    sampling_function = None
+    query_projection_function = None
 
     def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, use_kernel=True):
         super().__init__()
@@ -72,8 +88,10 @@ class MultiScaleDeformableAttention(nn.Module):
         locations = torch.addcmul(reference, offsets, scale)
         return locations.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
 
-    def _project_query(self, query, query_pos):
+    def project_query(self, query, query_pos):
         """Sampling offsets and attention logits, both regressed from query + query_pos (eq. 3)."""
+        if self.query_projection_function is not None:
+            return self.query_projection_function(query, query_pos, self.sampling_offsets, self.attention_weights)
         query = with_pos(query, query_pos)
         return self.sampling_offsets(query), self.attention_weights(query)
 
@@ -97,7 +115,7 @@ class MultiScaleDeformableAttention(nn.Module):
         """
         batch_size, num_queries, _ = query.shape
         shape = (batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)
-        sampling_offsets, attention_weights = self._project_query(query, query_pos)
+        sampling_offsets, attention_weights = self.project_query(query, query_pos)
         attention_weights = attention_weights.reshape(batch_size, num_queries, self.n_heads, -1)
         attention_weights = attention_weights.softmax(-1).view(shape)
 
@@ -117,11 +135,40 @@ class MultiScaleDeformableAttention(nn.Module):
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
-        # an ONNX trace records the PyTorch path: grid_sample is a standard ONNX op, the kernel is not
-        if _fast_msda is not None and not torch.jit.is_tracing():
-            output = _fast_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                use_kernel=self.use_kernel)
+        if self.sampling_function is None:
+            output = self.default_sampling(value, spatial_shapes, level_start_index, sampling_locations,
+                                           attention_weights, spatial_shapes_list)
         else:
-            shapes = spatial_shapes if spatial_shapes_list is None else spatial_shapes_list
-            output = _reference_msda(value, shapes, level_start_index, sampling_locations, attention_weights)
+            tracing = torch.jit.is_tracing() and spatial_shapes_list is not None
+            output = self.sampling_function(value, spatial_shapes_list if tracing else spatial_shapes,
+                                            level_start_index, sampling_locations, attention_weights)
         return self.output_proj(output), attention_weights
+
+    def default_sampling(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                         spatial_shapes_list=None):
+        """The compiled kernel when detrkit's kernels load, else the PyTorch reference. An ONNX trace records the
+        reference: grid_sample is a standard ONNX op, the kernel is not."""
+        if compiled_msda is not None and torch.is_tensor(spatial_shapes) and not torch.jit.is_tracing():
+            return compiled_msda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                 use_kernel=self.use_kernel)
+        shapes = spatial_shapes if spatial_shapes_list is None else spatial_shapes_list
+        return multi_scale_deformable_attention(value, shapes, level_start_index, sampling_locations,
+                                                attention_weights)
+
+
+@contextmanager
+def override_sampling(model: nn.Module, sampling_function):
+    """Within the block, every MultiScaleDeformableAttention of `model` samples through `sampling_function`
+    (see the class); the modules' own settings come back afterwards."""
+    modules = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+    previous = [m.__dict__.get("sampling_function") for m in modules]
+    for module in modules:
+        module.sampling_function = sampling_function
+    try:
+        yield modules
+    finally:
+        for module, function in zip(modules, previous):
+            if function is None:
+                module.__dict__.pop("sampling_function", None)
+            else:
+                module.sampling_function = function

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention
-from .detr_transformer import MultiheadAttention, TransformerLayer, layer_dropped, with_pos
+from .detr_transformer import TransformerLayer, layer_dropped, with_pos
+from .multihead_attention import MultiheadAttention
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .backbone import Backbone, ConvEncoder, no_pretrained_backbone_download
-from .detr_transformer import MultiheadAttention
+from .multihead_attention import MultiheadAttention
 from .model_card import write_model_card
 from .position_encoding import PositionEmbeddingLearned
 

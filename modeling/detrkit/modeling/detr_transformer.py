@@ -4,92 +4,17 @@ Differences from the NLP Transformer, as in the paper: spatial position encoding
 of every attention layer (never to values), object queries are learned positional encodings added at every
 decoder layer, and the decoder returns every layer's output (through a shared LayerNorm) for auxiliary losses.
 
-The encoder self-attention is built by a factory keyed by `config.encoder_attention_type`, so approximate
-attentions (ACT's clustered attention) drop into a trained DETR: an entry takes the config and returns a module
-with MultiheadAttention's parameter names and call signature.
+The encoder self-attention comes from `config.encoder_attention_type` (encoder_attention.py), so approximate
+attentions (ACT's clustered attention) drop into a trained DETR.
 """
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-
-class MultiheadAttention(nn.Module):
-    """Multi-head attention through `scaled_dot_product_attention`; the explicit softmax path runs only when
-    attention weights are requested.
-
-    Parameter names (q_proj, k_proj, v_proj, out_proj) are those of transformers' DETR checkpoints.
-    """
-
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, H, L, head_dim)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query (B, Lq, D), key/value (B, Lk, D), key_padding_mask (B, Lk) bool True on valid keys or None.
-        Returns the output (B, Lq, D) and, if requested, the weights (B, H, Lq, Lk)."""
-        q = self._split_heads(self.q_proj(query))
-        k = self._split_heads(self.k_proj(key))
-        v = self._split_heads(self.v_proj(value))
-        attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if output_attentions:
-            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            weights = scores.softmax(-1)
-            out = F.dropout(weights, dropout, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        return self.out_proj(out.transpose(1, 2).flatten(2)), weights
-
-
-ENCODER_SELF_ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
-    "standard": lambda config: MultiheadAttention(
-        config.d_model, config.encoder_attention_heads, config.attention_dropout
-    ),
-    "act": lambda config: _adaptive_clustering_attention(config),  # ACT, Zheng et al. 2021
-}
-
-
-def _adaptive_clustering_attention(config) -> nn.Module:
-    from .adaptive_clustering_attention import from_config  # it imports this module, so not at the top
-
-    return from_config(config)
-
-
-def build_encoder_self_attention(config) -> nn.Module:
-    try:
-        factory = ENCODER_SELF_ATTENTIONS[config.encoder_attention_type]
-    except KeyError:
-        raise ValueError(
-            f"unknown encoder_attention_type {config.encoder_attention_type!r}; "
-            f"known: {sorted(ENCODER_SELF_ATTENTIONS)}"
-        ) from None
-    return factory(config)
+from .encoder_attention import build_encoder_self_attention
+from .multihead_attention import MultiheadAttention
 
 
 def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -120,7 +45,13 @@ class TransformerLayer(GradientCheckpointingLayer):
         self.activation_dropout = nn.Dropout(config.activation_dropout)
         self.normalize_before = getattr(config, "normalize_before", False)
 
+    # A seam for memory savers (detrkit.training.memory_savers): None, or a callable (x, fc1, activation,
+    # activation_dropout, fc2) -> the block's output, the same values computed with less kept for backward.
+    feed_forward_function = None
+
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feed_forward_function is not None:
+            return self.feed_forward_function(x, self.fc1, self.activation, self.activation_dropout, self.fc2)
         return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
 
     def residual(self, x: torch.Tensor, sublayer, norm: nn.LayerNorm) -> torch.Tensor:

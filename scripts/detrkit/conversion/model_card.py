@@ -5,9 +5,10 @@ from pathlib import Path
 
 import yaml
 
+from detrkit.families import family_of
 from detrkit.modeling.model_card import render_model_card
 
-from .zoo import DEFORMABLE_DETR_CITATION, DETR_CITATION, zoo_entry_for
+from .zoo import CITATIONS, zoo_entry_for
 
 
 def _model_index(name: str, metrics: dict, task: str) -> str:
@@ -25,13 +26,13 @@ def write_official_model_card(model, output_dir: Path, file_name: str, dc5_sourc
     """README.md for the folder (save_pretrained keeps an existing card)."""
     panoptic = hasattr(model, "mask_head")
     entry = zoo_entry_for(model.config, panoptic)
-    family = "deformable_detr" if "deformable" in model.config.model_type else "detr"
+    family = family_of(model)
     values = {
         "pipeline_tag": "image-segmentation" if panoptic else "object-detection",
         "task": "panoptic segmentation (boxes, classes and a mask per query)" if panoptic else "object detection",
         "source_file": file_name,
         "dc5_source": dc5_source,
-        "citation": DEFORMABLE_DETR_CITATION if family == "deformable_detr" else DETR_CITATION,
+        "citation": CITATIONS[family.name],
         "title": entry.title if entry else f"{type(model).__name__} (converted official checkpoint)",
         "preset": f"`{entry.preset}`" if entry else "none (an architecture no preset describes)",
         "paper_metrics": (", ".join(f"{k} {v}" for k, v in entry.paper_metrics.items()) + " (COCO val2017, "
@@ -40,5 +41,5 @@ def write_official_model_card(model, output_dir: Path, file_name: str, dc5_sourc
                                     "image-segmentation" if panoptic else "object-detection") if entry else "",
         "evaluate_command": "detrkit evaluate OUTPUT_DIR --data path/to/coco --split val2017",
     }
-    text = render_model_card(model, f"{family}_official")
+    text = render_model_card(model, family.official_card_template)
     (Path(output_dir) / "README.md").write_text(string.Template(text).safe_substitute(values), encoding="utf-8")

@@ -16,6 +16,7 @@ DEFORMABLE_DETR_CITATION = """@inproceedings{zhu2021deformable,
   booktitle={International Conference on Learning Representations (ICLR)},
   year={2021}
 }"""
+CITATIONS = {"detr": DETR_CITATION, "deformable_detr": DEFORMABLE_DETR_CITATION}  # by detrkit.families name
 DETR_RELEASES = "https://dl.fbaipublicfiles.com/detr/"
 DEFORMABLE_RELEASES = "https://github.com/fundamentalvision/Deformable-DETR#main-results"
 
@@ -27,11 +28,11 @@ class ZooEntry:
     preset: str | None  # detrkit preset of the same architecture (None: none yet, e.g. panoptic)
     title: str
     paper_metrics: dict = field(default_factory=dict)  # COCO val2017, as the official README reports
-    family: str = "detr"
+    family: str = "detr"  # the official checkpoint's layout: "detr", "detr_panoptic" or "deformable_detr"
 
     @property
     def citation(self) -> str:
-        return DETR_CITATION if self.family.startswith("detr") else DEFORMABLE_DETR_CITATION
+        return CITATIONS[self.family.removesuffix("_panoptic")]
 
     @property
     def source(self) -> str:

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .loading import load_model
+from detrkit.inference.loading import load_model
+
 from .visualize import attention_maps, draw, one_detection
 
 
 def example_image(folder: str | Path) -> Path:
     """The bundled example: a picture of the built-in shapes data set (drawn, not downloaded)."""
-    from detrkit.processing.synthetic_shapes import draw_image
+    from detrkit.data.builtin.drawing import draw_image
 
     path = Path(folder) / "shapes-example.png"
     if not path.exists():
@@ -61,7 +62,7 @@ def detections_picture(image: Image.Image, maps: dict, indices: list[int], thres
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_segmentation_masks
 
-    from detrkit.training.predictions import draw as draw_boxes
+    from detrkit.inference.drawing import draw as draw_boxes
 
     found = maps["detections"]
     picked = {k: torch.as_tensor(found[k][indices]) for k in ("scores", "labels", "boxes")}
@@ -140,7 +141,7 @@ def build_app(model, processor, examples: list[str | Path] = (), title: str = "d
 
 def main(argv: list[str] | None = None) -> int:
     """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.training.errors import run_command
+    from detrkit.cli.runner import run_command
 
     return run_command("demo", argv, command)
 

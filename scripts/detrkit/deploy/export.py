@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert
 
-from .loading import is_deformable, load_model
+from detrkit.families import DEFORMABLE_DETR, family_of
+from detrkit.inference.loading import load_model
 
 MIN_OPSET = 16  # GridSample (Deformable DETR's bilinear sampling)
 MSDA_OPS = ("grid_sample", "detrkit")  # portable standard-op graph / custom node run by detrkit's kernel
@@ -84,7 +85,7 @@ class OnnxDetector(nn.Module):
         self.model = model
         self.use_pixel_mask = pixel_mask
         self.segments = hasattr(model, "mask_head")  # DetrForSegmentation / DeformableDetrForSegmentation
-        self.postprocess = DetectionPostProcess(is_deformable(model), top_k) if postprocess else None
+        self.postprocess = DetectionPostProcess(family_of(model).sigmoid_scores, top_k) if postprocess else None
 
     @property
     def input_names(self) -> list[str]:
@@ -139,7 +140,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
 
     if msda_op not in MSDA_OPS:
         raise ValueError(f"msda_op must be one of {MSDA_OPS}, got {msda_op!r}")
-    if msda_op == "detrkit" and not is_deformable(model):
+    if msda_op == "detrkit" and family_of(model) is not DEFORMABLE_DETR:
         raise ValueError(f"msda_op='detrkit' replaces Deformable DETR's deformable attention; {type(model).__name__} "
                          "has none (export it with the default msda_op)")
     if opset < MIN_OPSET:
@@ -148,7 +149,8 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
     path.parent.mkdir(parents=True, exist_ok=True)
     detector = OnnxDetector(model.eval(), pixel_mask, postprocess, top_k).eval()
     custom = msda_op == "detrkit"
-    with torch.no_grad(), warnings.catch_warnings(), custom_msda_export() if custom else contextlib.nullcontext():
+    with torch.no_grad(), warnings.catch_warnings(), custom_msda_export(detector) if custom \
+            else contextlib.nullcontext():
         # the trace warns at every Python-side size computation; the tests compare other sizes against PyTorch
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -169,7 +171,7 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
 
 def main(argv: list[str] | None = None) -> int:
     """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.training.errors import run_command
+    from detrkit.cli.runner import run_command
 
     return run_command("export", argv, command)
 

@@ -14,7 +14,6 @@ provides.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,9 +42,10 @@ class _MultiScaleDeformableAttentionNode(torch.autograd.Function):
         return output
 
 
-def _node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """The signature of modeling's `_reference_msda`. While tracing, `spatial_shapes` are the (h_l, w_l) the model
-    read from its feature maps: stacked into a tensor here so they stay graph values (dynamic height and width)."""
+def msda_node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """A deformable attention's sampling (the module's `sampling_function` signature) as the custom node. While
+    tracing, `spatial_shapes` are the (h_l, w_l) the model read from its feature maps: stacked into a tensor here
+    so they stay graph values (dynamic height and width)."""
     if not torch.is_tensor(spatial_shapes):
         spatial_shapes = torch.stack([torch.stack([torch.as_tensor(h), torch.as_tensor(w)])
                                       for h, w in spatial_shapes]).to(torch.long)
@@ -53,19 +53,12 @@ def _node(value, spatial_shapes, level_start_index, sampling_locations, attentio
                                                     sampling_locations, attention_weights)
 
 
-@contextmanager
-def custom_msda_export():
-    """Within the block, a traced deformable attention records the custom node instead of its GridSample graph.
-    The model calls its sampling op through `detrkit.modeling.deformable_attention._reference_msda` while tracing
-    (the visualizer swaps the same name to record sampling points)."""
-    from detrkit.modeling import deformable_attention
+def custom_msda_export(model):
+    """Within the block, each traced deformable attention of `model` records the custom node instead of its
+    GridSample graph (through the modules' documented sampling seam)."""
+    from detrkit.modeling.deformable_attention import override_sampling
 
-    original = deformable_attention._reference_msda
-    deformable_attention._reference_msda = _node
-    try:
-        yield
-    finally:
-        deformable_attention._reference_msda = original
+    return override_sampling(model, msda_node)
 
 
 def uses_custom_op(path: str | Path) -> bool:

@@ -72,7 +72,7 @@ def write_space(model: str, out_dir: str | Path, detrkit_requirement: str | None
 
 def main(argv: list[str] | None = None) -> int:
     """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.training.errors import run_command
+    from detrkit.cli.runner import run_command
 
     return run_command("space", argv, command)
 

@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detrkit.families import DEFORMABLE_DETR, family_of
+from detrkit.inference.loading import load_model
+
 from .export import DetectionPostProcess
-from .loading import is_deformable, load_model
 
 
 def detections(model, outputs, image_size: tuple[int, int], threshold: float, top_k: int = 100) -> dict:
     """The processor's detections for one image (same scores, labels, boxes), plus the query each one comes from."""
-    select = DetectionPostProcess(is_deformable(model), top_k).select
+    select = DetectionPostProcess(family_of(model).sigmoid_scores, top_k).select
     scores, labels, boxes, queries = (t[0] for t in select(outputs.logits, outputs.pred_boxes,
                                                            torch.tensor([image_size])))
     keep = scores > threshold
@@ -60,33 +62,30 @@ def _detr_maps(model, inputs, outputs, found, pixels) -> dict:
 def record_sampling(model):
     """Within the block, every deformable attention call appends {"module", "sampling_locations" (B, Q, heads,
     L, P, 2) normalized (x, y), "attention_weights" (B, Q, heads, L, P), "spatial_shapes"} to the yielded list:
-    the arguments the module passes to its sampling op (kernel or PyTorch reference)."""
-    from detrkit.modeling import deformable_attention
+    the arguments the module passes to its sampling op (through its documented `sampling_function` seam), which
+    then samples as it would have."""
+    from detrkit.modeling.deformable_attention import MultiScaleDeformableAttention
 
-    records, current = [], []
-    names = {module: name for name, module in model.named_modules()
-             if isinstance(module, deformable_attention.MultiScaleDeformableAttention)}
-    hooks = [module.register_forward_pre_hook(lambda m, *_: current.append(names[m])) for module in names]
+    records = []
 
-    def recorder(op):
-        def record(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *args, **kwargs):
-            records.append({"module": current[-1], "sampling_locations": sampling_locations.detach(),
+    def recorder(name, module):
+        def record(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+            records.append({"module": name, "sampling_locations": sampling_locations.detach(),
                             "attention_weights": attention_weights.detach(),
                             "spatial_shapes": [tuple(int(v) for v in s) for s in spatial_shapes]})
-            return op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *args, **kwargs)
+            return module.default_sampling(value, spatial_shapes, level_start_index, sampling_locations,
+                                           attention_weights)
         return record
 
-    originals = {name: getattr(deformable_attention, name) for name in ("_fast_msda", "_reference_msda")}
-    for name, op in originals.items():
-        if op is not None:
-            setattr(deformable_attention, name, recorder(op))
+    modules = {name: module for name, module in model.named_modules()
+               if isinstance(module, MultiScaleDeformableAttention)}
+    for name, module in modules.items():
+        module.sampling_function = recorder(name, module)
     try:
         yield records
     finally:
-        for name, op in originals.items():
-            setattr(deformable_attention, name, op)
-        for hook in hooks:
-            hook.remove()
+        for module in modules.values():
+            del module.sampling_function
 
 
 def _last(records, part: str) -> dict:
@@ -133,7 +132,8 @@ def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5,
     image = image.convert("RGB")
     inputs = processor(images=[image], return_tensors="pt")
     height, width = inputs["pixel_values"].shape[-2:]
-    with record_sampling(model) if is_deformable(model) else _nothing() as records:
+    deformable = family_of(model) is DEFORMABLE_DETR
+    with record_sampling(model) if deformable else _nothing() as records:
         outputs = model(**inputs, output_attentions=True, return_dict=True)
     found = detections(model, outputs, (image.height, image.width), threshold)
     if pixels is None or pixels == "detections":  # centres of the first three (or all) detections, input pixels
@@ -143,7 +143,7 @@ def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5,
         pixels = pixels or [(width / 2, height / 2)]
     result = {"detections": {k: v.numpy() for k, v in found.items()}, "input_size": (height, width),
               "pixels": [tuple(p) for p in pixels]}
-    if is_deformable(model):
+    if deformable:
         result.update(_deformable_maps(records, inputs, found, pixels))
     else:
         result.update(_detr_maps(model, inputs, outputs, found, pixels))
@@ -226,7 +226,7 @@ def _points(ax, points, weights):
 
 def main(argv: list[str] | None = None) -> int:
     """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.training.errors import run_command
+    from detrkit.cli.runner import run_command
 
     return run_command("visualize", argv, command)
 
@@ -242,7 +242,7 @@ def command(argv: list[str]) -> int:
     parser.add_argument("--pixel", type=float, nargs=2, action="append", metavar=("X", "Y"),
                         help="encoder query pixel in the processed input (repeatable; default: detection centres)")
     args = parser.parse_args(argv)
-    from detrkit.processing.detection_data import open_image
+    from detrkit.data.images import open_image
 
     image = open_image(args.image).convert("RGB")  # before the model: a wrong path fails at once
     model, processor = load_model(args.model)

@@ -21,12 +21,16 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from detrkit.errors import UsageError
+
 from ..checkout import checkout_root
-from .errors import UsageError
+
+if TYPE_CHECKING:  # the table imports the models; the config stays light for --help
+    from detrkit.families import ModelFamily
 
 REPO_ROOT = checkout_root()  # None when installed from a wheel
 DEMO_CONFIG = Path("scripts") / "configs" / "finetune_shapes_b.yaml"
@@ -352,7 +356,7 @@ def launcher_settings(config: TrainConfig, environ=os.environ) -> tuple[TrainCon
     return validate(dataclasses.replace(config, **values)), notes
 
 
-def resolve_for_model(config: TrainConfig, kind: str, processor_size: dict | None,
+def resolve_for_model(config: TrainConfig, family: ModelFamily, processor_size: dict | None,
                       builtin_data: bool) -> tuple[TrainConfig, list[str]]:
     """Image size from the checkpoint's processor (800/1333 for the Hub's COCO checkpoints, 800 for presets,
     128 for the generated built-in sets) and the drawing threshold from the model's score type."""
@@ -368,32 +372,32 @@ def resolve_for_model(config: TrainConfig, kind: str, processor_size: dict | Non
         notes.append(f"image_size {image_size} ({source})")
     threshold = config.threshold
     if threshold is None:
-        threshold = 0.3 if kind == "deformable" else 0.5
-        notes.append(f"threshold {threshold} ({'sigmoid focal' if kind == 'deformable' else 'softmax'} scores)")
+        threshold = family.drawing_threshold
+        notes.append(f"threshold {threshold} ({'sigmoid focal' if family.sigmoid_scores else 'softmax'} scores)")
     return dataclasses.replace(config, image_size=image_size, max_size=max_size, threshold=threshold), notes
 
 
-def epochs_for(num_images: int, pretrained: bool, kind: str) -> int:
+def epochs_for(num_images: int, pretrained: bool, family: ModelFamily) -> int:
     """Fine-tuning sees about 30,000 images (30 epochs of 1,000, Hugging Face's DETR fine-tuning guide), between
     12 and 100 epochs; a random transformer gets the papers' schedule (50 / 500 epochs on COCO) at least."""
     if pretrained:
         return min(100, max(12, math.ceil(30_000 / max(1, num_images))))
-    return {"deformable": 50, "detr": 500}[kind]
+    return family.paper_epochs
 
 
-def resolve_for_data(config: TrainConfig, kind: str, num_images: int, pretrained: bool,
+def resolve_for_data(config: TrainConfig, family: ModelFamily, num_images: int, pretrained: bool,
                      ) -> tuple[TrainConfig, list[str]]:
-    """Fill the `None` schedule fields from the paper of `kind` ("detr" or "deformable") and the data size."""
+    """Fill the `None` schedule fields from the paper of the model's family and the data size."""
     notes = []
     epochs = config.epochs
     if epochs is None:
-        epochs = epochs_for(num_images, pretrained, kind)
+        epochs = epochs_for(num_images, pretrained, family)
         notes.append(f"epochs {epochs} ({num_images} training images, "
                      + ("fine-tuning: about 30,000 images seen, 12-100 epochs)" if pretrained
                         else "random transformer: the paper's schedule)"))
-    lr = config.lr if config.lr is not None else {"detr": 1e-4, "deformable": 2e-4}[kind]
+    lr = config.lr if config.lr is not None else family.paper_lr
     if config.lr is None:
-        notes.append(f"lr {lr:g} (the {'DETR' if kind == 'detr' else 'Deformable DETR'} paper)")
+        notes.append(f"lr {lr:g} (the {family.title} paper)")
     lr_drop = config.lr_drop_epoch
     if lr_drop is None:
         lr_drop = max(1, round(epochs * 4 / 5))
@@ -410,11 +414,11 @@ def resolve_for_data(config: TrainConfig, kind: str, num_images: int, pretrained
     return config, notes
 
 
-def resolve_recipe(config: TrainConfig, model_kind: str) -> TrainConfig:
-    """The paper recipe of `model_kind` without data-size choices (epochs must be set)."""
+def resolve_recipe(config: TrainConfig, family: ModelFamily) -> TrainConfig:
+    """The paper recipe of the model's family without data-size choices (epochs must be set)."""
     if config.epochs is None:
         raise UsageError("resolve_recipe needs epochs; use resolve_for_data to choose them from the data")
-    return resolve_for_data(config, model_kind, 0, True)[0]
+    return resolve_for_data(config, family, 0, True)[0]
 
 
 def format_config(config: TrainConfig, notes: list[str]) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 PREDICTION_WEIGHT = 1.0
 FEATURE_WEIGHT = 1.0
@@ -103,6 +102,11 @@ class Distiller:
                              "loss_distill_pred": loss_pred.detach(), "loss_distill_feat": loss_feat.detach()}
         return outputs
 
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The training loop's loss function (task.py): the MTKD loss and its terms."""
+        outputs = self(model, batch)
+        return outputs.loss, outputs.loss_dict
+
 
 def check_compatible(teacher_config, student_config) -> None:
     """Teacher targets are class ids and features of the student's own label set and width."""
@@ -118,7 +122,7 @@ def check_compatible(teacher_config, student_config) -> None:
 
 
 def build_distiller(spec: str | None, student: torch.nn.Module, device, log=print) -> Distiller | None:
-    """The `--distill-from` hook of the training loop (None when not distilling)."""
+    """The `--distill-from` loss of the detection task (None when not distilling)."""
     if not spec:
         return None
     if not hasattr(student, "model") or not hasattr(student.model, "encoder"):

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import torch
 
-from .errors import UsageError
+from detrkit.errors import UsageError
 
 
 def _pad_to(tensor: torch.Tensor, size) -> torch.Tensor:

@@ -11,7 +11,7 @@ Three things differ from a text model, and each has a one-line answer:
    `ignore_keys=EVAL_IGNORE_KEYS` to `evaluate()`.
 
     from transformers import Trainer, TrainingArguments
-    from detrkit.processing import DetectionCollator, DetectionDataset
+    from detrkit.data import DetectionCollator, DetectionDataset
     from detrkit.training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric
 
     args = TrainingArguments("out", per_device_train_batch_size=8, learning_rate=1e-4, weight_decay=1e-4,
@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from detrkit.processing.coco_metric import CocoEvaluator
+from detrkit.metrics.coco import CocoEvaluator
 
 # Every output field of DETR / Deformable DETR detection outputs except the two the metric reads.
 EVAL_IGNORE_KEYS = [

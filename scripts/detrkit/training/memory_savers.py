@@ -12,9 +12,11 @@ Four savers, each exact (gradients equal the plain modules' to rounding, tests/t
 - CPU dropout keeps a bool mask drawn four 16-bit uniforms per 64-bit random word, instead of a float mask
   drawn element by element.
 
-Each saver swaps a module's class for a subclass that changes only how forward saves for backward: no new
-parameters, buffers or hooks, nothing a checkpoint sees. Where a saver does not apply (inference, autocast,
-another activation, hooked or adapted linears, CUDA), the plain forward runs.
+The first and third go through the seams the model's modules document (`feed_forward_function` of the
+transformer layers, `query_projection_function` of the deformable attentions); dropout and layer norm modules are
+replaced by drop-in subclasses sharing their parameters. No new parameters, buffers or hooks, nothing a checkpoint
+sees. Where a saver does not apply (inference, autocast, another activation, hooked or adapted linears, CUDA),
+the plain forward runs.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from torch.nn.modules import module as _module
 # --- feed-forward: recompute the hidden activation ------------------------------------------------------------
 
 
-class _ReluFeedForward(torch.autograd.Function):
+class ReluFeedForwardFunction(torch.autograd.Function):
     """fc2(relu(fc1(x))) that saves x and the weights, not relu(fc1(x))."""
 
     @staticmethod
@@ -83,15 +85,8 @@ def feed_forward(x: torch.Tensor, fc1: nn.Linear, activation: nn.Module, activat
         and not torch.is_autocast_enabled(x.device.type)
     )
     if recomputable:
-        return _ReluFeedForward.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return ReluFeedForwardFunction.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
     return fc2(activation_dropout(activation(fc1(x))))
-
-
-class RecomputingFeedForward:
-    """Mixin for a layer with fc1, activation, activation_dropout, fc2 and a `feed_forward(x)` method."""
-
-    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return feed_forward(x, self.fc1, self.activation, self.activation_dropout, self.fc2)
 
 
 # --- layer norm: keep the output ------------------------------------------------------------------------------
@@ -99,7 +94,7 @@ class RecomputingFeedForward:
 _MAX_BIAS_TO_WEIGHT = 1e3
 
 
-class _OutputSavingLayerNorm(torch.autograd.Function):
+class OutputSavingLayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, normalized_shape, weight, bias, eps):
         output, _, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
@@ -145,14 +140,14 @@ class OutputSavingLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _output_recovers_input(x, self.weight, self.bias):
-            return _OutputSavingLayerNorm.apply(x, list(self.normalized_shape), self.weight, self.bias, self.eps)
+            return OutputSavingLayerNormFunction.apply(x, list(self.normalized_shape), self.weight, self.bias, self.eps)
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 # --- linear of a sum: keep the terms --------------------------------------------------------------------------
 
 
-class _LinearOfSum(torch.autograd.Function):
+class LinearOfSumFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pos, weight, bias):
         ctx.save_for_backward(x, pos, weight)
@@ -183,21 +178,20 @@ def linear_of_sum(x: torch.Tensor, pos: torch.Tensor | None, weight: torch.Tenso
     if pos is None:
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
-        return _LinearOfSum.apply(x, pos, weight, bias)
+        return LinearOfSumFunction.apply(x, pos, weight, bias)
     return F.linear(x + pos, weight, bias)
 
 
-class StackedQueryProjection:
-    """Mixin for MultiScaleDeformableAttention: sampling offsets and attention logits of query + query_pos as
-    one matmul over the stacked weights that keeps the two terms (hooked or adapted linears run as they are)."""
-
-    def _project_query(self, query, query_pos):
-        if not (is_plain_linear(self.sampling_offsets) and is_plain_linear(self.attention_weights)):
-            return super()._project_query(query, query_pos)
-        weight = torch.cat([self.sampling_offsets.weight, self.attention_weights.weight])
-        bias = torch.cat([self.sampling_offsets.bias, self.attention_weights.bias])
-        projected = linear_of_sum(query, query_pos, weight, bias)
-        return projected.split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+def stacked_query_projection(query, query_pos, sampling_offsets: nn.Linear, attention_weights: nn.Linear):
+    """A deformable attention's sampling offsets and attention logits of query + query_pos as one matmul over the
+    stacked weights that keeps the two terms (hooked or adapted linears run as they are)."""
+    if not (is_plain_linear(sampling_offsets) and is_plain_linear(attention_weights)):
+        query = query if query_pos is None else query + query_pos
+        return sampling_offsets(query), attention_weights(query)
+    weight = torch.cat([sampling_offsets.weight, attention_weights.weight])
+    bias = torch.cat([sampling_offsets.bias, attention_weights.bias])
+    projected = linear_of_sum(query, query_pos, weight, bias)
+    return projected.split([sampling_offsets.out_features, attention_weights.out_features], -1)
 
 
 # --- dropout: a bool mask -------------------------------------------------------------------------------------
@@ -247,51 +241,64 @@ class MaskDropout(nn.Dropout):
 
 # --- applying them --------------------------------------------------------------------------------------------
 
-_SUBCLASSES: dict[tuple[type, type], type] = {}
+SEAMS = {"feed_forward_function": feed_forward, "query_projection_function": stacked_query_projection}
 
 
-def _swap_class(module: nn.Module, mixin: type) -> None:
-    """Make `module` an instance of a subclass of its class with `mixin` first: same object, parameters, hooks
-    and state dict; only the mixin's methods change."""
-    cls = type(module)
-    if issubclass(cls, mixin):
-        return
-    if (mixin, cls) not in _SUBCLASSES:
-        _SUBCLASSES[mixin, cls] = type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {"__module__": __name__})
-    module.__class__ = _SUBCLASSES[mixin, cls]
+def _saving_module(module: nn.Module) -> nn.Module | None:
+    """The drop-in replacement of an exact nn.Dropout / nn.LayerNorm without hooks (sharing its parameters)."""
+    if module._forward_hooks or module._forward_pre_hooks:
+        return None
+    if type(module) is nn.Dropout:
+        return MaskDropout(module.p, module.inplace)
+    if type(module) is nn.LayerNorm:
+        return _with_parameters_of(module, OutputSavingLayerNorm)
+    return None
 
 
-def _is_feed_forward_layer(module: nn.Module) -> bool:
-    return all(hasattr(module, name) for name in ("fc1", "fc2", "activation", "activation_dropout")) and callable(
-        getattr(module, "feed_forward", None))
+def _plain_module(module: nn.Module) -> nn.Module | None:
+    if type(module) is MaskDropout:
+        return nn.Dropout(module.p, module.inplace)
+    if type(module) is OutputSavingLayerNorm:
+        return _with_parameters_of(module, nn.LayerNorm)
+    return None
+
+
+def _with_parameters_of(norm: nn.LayerNorm, cls: type) -> nn.LayerNorm:
+    replacement = cls(norm.normalized_shape, norm.eps, elementwise_affine=False)  # no parameters of its own
+    replacement.elementwise_affine = norm.elementwise_affine
+    replacement.weight, replacement.bias = norm.weight, norm.bias
+    replacement.train(norm.training)
+    return replacement
+
+
+def _replace_children(model: nn.Module, replacement_of) -> None:
+    replaced = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) not in replaced:
+                replaced[id(child)] = replacement_of(child)
+            if replaced[id(child)] is not None:
+                setattr(parent, name, replaced[id(child)])
 
 
 def apply_memory_savers(model: nn.Module) -> nn.Module:
-    """Swap in the savers, in place (returns the model): exact-type nn.Dropout and nn.LayerNorm, the transformer
-    layers' feed-forward blocks and the deformable attentions' query projections. Weights, state-dict keys and
-    outputs stay as they are; `remove_memory_savers` undoes it (e.g. before pickling the model)."""
+    """Switch the savers on, in place (returns the model): exact-type nn.Dropout and nn.LayerNorm modules, and the
+    seams of every module that declares one. Weights, state-dict keys and outputs stay as they are;
+    `remove_memory_savers` undoes it."""
+    _replace_children(model, _saving_module)
     for module in model.modules():
-        if type(module) is nn.Dropout:
-            module.__class__ = MaskDropout
-        elif type(module) is nn.LayerNorm:
-            module.__class__ = OutputSavingLayerNorm
-        elif _is_feed_forward_layer(module):
-            _swap_class(module, RecomputingFeedForward)
-        elif callable(getattr(module, "_project_query", None)) and hasattr(module, "sampling_offsets"):
-            _swap_class(module, StackedQueryProjection)
+        for seam, function in SEAMS.items():
+            if hasattr(type(module), seam):
+                setattr(module, seam, function)
     return model
 
 
 def remove_memory_savers(model: nn.Module) -> nn.Module:
     """The plain modules back, in place."""
+    _replace_children(model, _plain_module)
     for module in model.modules():
-        cls = type(module)
-        if cls is MaskDropout:
-            module.__class__ = nn.Dropout
-        elif cls is OutputSavingLayerNorm:
-            module.__class__ = nn.LayerNorm
-        elif (key := next((k for k, v in _SUBCLASSES.items() if v is cls), None)) is not None:
-            module.__class__ = key[1]
+        for seam in SEAMS:
+            module.__dict__.pop(seam, None)
     return model
 
 
@@ -304,4 +311,4 @@ def memory_savers_wanted(option: str, device: torch.device | str) -> bool:
 
 
 __all__ = ["apply_memory_savers", "remove_memory_savers", "memory_savers_wanted", "feed_forward", "linear_of_sum",
-           "dropout", "bernoulli_drop_mask", "MaskDropout", "OutputSavingLayerNorm"]
+           "stacked_query_projection", "dropout", "bernoulli_drop_mask", "MaskDropout", "OutputSavingLayerNorm"]

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from detrkit.inference.loading import looks_like_path
+
 from .config import TrainConfig, load_config_file, repo_path
 
+if TYPE_CHECKING:
+    from detrkit.families import ModelFamily
+
 HEAD_KEYS = ("class_embed", "class_labels_classifier")  # detrkit / transformers names of the class head
-DETR_TYPES = ("detrkit_detr", "detr")
-DEFORMABLE_TYPES = ("detrkit_deformable_detr", "deformable_detr")
 
 
 def _modeling():
@@ -32,26 +35,10 @@ def _modeling():
     return modeling
 
 
-def model_classes(kind: str):
-    m = _modeling()
-    if kind == "deformable":
-        return m.DeformableDetrConfig, m.DeformableDetrForObjectDetection
-    return m.DetrConfig, m.DetrForObjectDetection
+def family_of_type(model_type: str) -> ModelFamily:
+    from detrkit.families import family_of
 
-
-def processor_class(kind: str):
-    from detrkit.processing import DeformableDetrImageProcessor, DetrImageProcessor
-
-    return DeformableDetrImageProcessor if kind == "deformable" else DetrImageProcessor
-
-
-def kind_of(model_type: str) -> str:
-    if model_type in DEFORMABLE_TYPES:
-        return "deformable"
-    if model_type in DETR_TYPES:
-        return "detr"
-    raise ValueError(f"model_type {model_type!r} is not a DETR-family detector detrkit trains "
-                     f"(expected one of {DETR_TYPES + DEFORMABLE_TYPES})")
+    return family_of(model_type)
 
 
 def preset_config(name: str, **overrides):
@@ -74,7 +61,7 @@ def preset_names() -> list[str]:
 class LoadedModel:
     """What `--model` resolved to; `adapt_to_labels` builds the detector for the data's classes."""
 
-    kind: str  # "detr" or "deformable"
+    family: ModelFamily
     source: str  # human-readable origin, e.g. "preset deformable-detr (random weights)"
     processor: object
     backbone_note: str = ""
@@ -88,7 +75,7 @@ class LoadedModel:
 
     def size_processor(self, config: TrainConfig) -> None:
         """Size the processor for this run's images (config.image_size / max_size, resolved by then)."""
-        self.processor = make_processor(self.kind, config, self.processor)
+        self.processor = make_processor(self.family, config, self.processor)
 
 
 def resolve_policy(policy: str, pretrained: bool) -> str:
@@ -133,11 +120,6 @@ def load_model(config: TrainConfig, log=print) -> LoadedModel:
     return from_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
 
 
-def looks_like_path(spec: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything else with a slash, or starting like a path, is a path."""
-    return spec.startswith(("/", ".", "~")) or spec.endswith("/") or spec.count("/") > 1 or "\\" in spec
-
-
 def fallback_spec(fallback: str) -> tuple[str, dict]:
     """A preset name, or a training config file whose `model` / `model_overrides` define the architecture."""
     if fallback.endswith((".yaml", ".yml", ".json")):
@@ -146,27 +128,27 @@ def fallback_spec(fallback: str) -> tuple[str, dict]:
     return fallback, {}
 
 
-def make_processor(kind: str, config: TrainConfig, base=None):
+def make_processor(family: ModelFamily, config: TrainConfig, base=None):
     """The checkpoint's processor (or a fresh one) sized for this run's images (unsized while image_size is
     not chosen yet)."""
     if config.image_size is None:
-        return base if base is not None else processor_class(kind)()
+        return base if base is not None else family.processor_class()
     max_size = config.max_size or round(config.image_size * 1333 / 800)
     size = {"shortest_edge": config.image_size, "longest_edge": max_size}
     if base is None:
-        return processor_class(kind)(size=size)
+        return family.processor_class(size=size)
     base.size = size
     return base
 
 
 def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     probe = preset_config(name, **overrides)
-    kind = kind_of(probe.model_type)
+    family = family_of_type(probe.model_type)
     policy = resolve_policy(config.backbone_policy, bool(getattr(probe, "use_pretrained_backbone", False)))
 
     def build(id2label, log):
         model_config = preset_config(name, **{**overrides, **policy_overrides(policy), **label_kwargs(id2label)})
-        model = model_classes(kind)[1](model_config)
+        model = family.detection_class(model_config)
         loaded.backbone_note = apply_backbone_policy(model, policy)
         log(f"model: preset {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
             f"random weights); backbone {loaded.backbone_note}")
@@ -175,7 +157,7 @@ def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     pretrained_backbone = bool(getattr(probe, "use_pretrained_backbone", False))
     source = f"preset {name} (" + ("ImageNet backbone, random transformer" if pretrained_backbone
                                    else "random weights") + ")"
-    loaded = LoadedModel(kind, source, make_processor(kind, config), build=build, pretrained=pretrained_backbone)
+    loaded = LoadedModel(family, source, make_processor(family, config), build=build, pretrained=pretrained_backbone)
     return loaded
 
 
@@ -185,7 +167,7 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
     _modeling()  # registers detrkit's Auto classes
     remote = {"trust_remote_code": True} if config.trust_remote_code else {}
     checkpoint_config = load_checkpoint_config(spec, remote)
-    kind = kind_of(checkpoint_config.model_type)
+    family = family_of_type(checkpoint_config.model_type)
     policy = resolve_policy(config.backbone_policy, pretrained=True)
     try:
         processor = AutoImageProcessor.from_pretrained(spec, **remote)
@@ -194,10 +176,10 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
     except (OSError, ValueError, TypeError):
         processor = None
     processor_size = dict(processor.size) if processor is not None and getattr(processor, "size", None) else None
-    processor = make_processor(kind, config, processor)
+    processor = make_processor(family, config, processor)
 
     def build(id2label, log):
-        cls = model_classes(kind)[1]
+        cls = family.detection_class
         same_labels = {int(k): v for k, v in checkpoint_config.id2label.items()} == id2label
         model, info = cls.from_pretrained(spec, **overrides, **policy_overrides(policy), **label_kwargs(id2label),
                                           ignore_mismatched_sizes=not same_labels, output_loading_info=True)
@@ -209,7 +191,7 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
         return model
 
     hub_id = None if Path(spec).exists() else spec
-    loaded = LoadedModel(kind, spec, processor, build=build, processor_size=processor_size, hub_id=hub_id)
+    loaded = LoadedModel(family, spec, processor, build=build, processor_size=processor_size, hub_id=hub_id)
     return loaded
 
 

@@ -3,6 +3,8 @@
 The sample order of epoch e is a permutation drawn from `seed + e`, and the augmentation of sample i in
 epoch e runs under RNG seeded by (seed, e, i). Neither touches the global RNG (which stays for dropout and
 is checkpointed), so a resumed run that skips the batches it already saw produces bit-identical batches.
+The segmentation steps keep the order they have always had (one generator stream, `StreamShuffleSampler`),
+recomputed from the epoch number for the same reason.
 """
 from __future__ import annotations
 
@@ -62,3 +64,36 @@ class SeededAugmentation(Dataset):
         if name in ("dataset", "seed", "epoch"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class StreamShuffleSampler(Sampler[int]):
+    """The order of `DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))`, epoch after epoch,
+    recomputable for any epoch (so a resumed run continues it). That loader draws everything from one generator
+    stream; per epoch: its workers' base seed, the permutation, and one more permutation that RandomSampler draws
+    for its (empty) remainder once the epoch is exhausted. `iterators_per_epoch`: 2 reproduces a loader that was not
+    handed to accelerate and ran under tqdm.auto, which opens an iterator of its own first (one more base seed).
+    Kept for the segmentation steps, whose trained weights are reproduced with it; new tasks use
+    EpochShuffleSampler."""
+
+    def __init__(self, num_samples: int, seed: int, iterators_per_epoch: int = 1):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+        self.iterators_per_epoch = iterators_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        stream = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # the draws of the epochs before, in the loader's order
+            self._worker_seeds(stream)
+            torch.randperm(self.num_samples, generator=stream)
+            torch.randperm(self.num_samples, generator=stream)
+        self._worker_seeds(stream)
+        return iter(torch.randperm(self.num_samples, generator=stream).tolist())
+
+    def _worker_seeds(self, stream: torch.Generator) -> None:
+        for _ in range(self.iterators_per_epoch):
+            torch.empty((), dtype=torch.int64).random_(generator=stream)  # as DataLoader's iterator draws it
+
+    def __len__(self) -> int:
+        return self.num_samples

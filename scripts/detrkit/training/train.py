@@ -10,20 +10,25 @@ Every key of detrkit.training.config.TrainConfig is a flag (see --help).
 """
 from __future__ import annotations
 
-from .errors import run_command
+from detrkit.cli.runner import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
     def command(args):
         from .config import parse_config
-        from .loop import train
 
-        config = parse_config(args)
-        if config.task == "detection":
-            train(config)
-        else:  # panoptic / instance: DETR's mask head on the detector
-            from .segmentation import train_segmentation
-
-            train_segmentation(config)
+        train(parse_config(args))
 
     return run_command("train", argv, command)
+
+
+def train(config) -> dict:
+    """Train as `config` (a TrainConfig) says, detection or DETR's panoptic / instance segmentation; returns the
+    metrics written to metrics.json."""
+    if config.task == "detection":
+        from .detection import train_detection
+
+        return train_detection(config)
+    from .segmentation import train_segmentation  # DETR's mask head on the detector
+
+    return train_segmentation(config)

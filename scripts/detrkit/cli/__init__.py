@@ -1,0 +1,8 @@
+"""detrkit.cli: the `detrkit` command line (also `python -m detrkit`).
+
+dispatch.py   `detrkit COMMAND [ARGS]`: the command table and `main` (the console script's entry point)
+runner.py     `run_command`: how each command runs (user errors -> one line and exit status 2, `--debug`)
+
+Each command is a module with `main(argv) -> int | None` in the package it belongs to (training.train,
+inference.evaluate_command, inference.predict_command, data.check, conversion.cli, deploy.*).
+"""

@@ -1,0 +1,63 @@
+"""A detector and its image processor, ready for inference, from whatever names it: the MODEL argument of
+`detrkit evaluate / predict / export / visualize / demo`.
+
+MODEL is a `save_pretrained` folder, a Hub id (detrkit's or transformers' own DETR / Deformable DETR checkpoints)
+or a detrkit preset name (random weights, for trying an architecture or measuring it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def looks_like_path(spec: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else with a slash, or starting like a path, is a path."""
+    return spec.startswith(("/", ".", "~")) or spec.endswith("/") or spec.count("/") > 1 or "\\" in spec
+
+
+def load_model(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
+    """(model in eval mode, its image processor). detrkit's classes and transformers' own DETR / Deformable DETR
+    load without remote code; a repository whose code must run needs `trust_remote_code=True` from the user."""
+    from detrkit.modeling import PRESETS
+
+    if name_or_path in PRESETS and not Path(name_or_path).exists():
+        return from_preset(name_or_path, device)
+    return from_pretrained(name_or_path, device, trust_remote_code)
+
+
+def from_preset(name: str, device: str = "cpu"):
+    """A preset's detector with random weights (no download: the backbone too) and its family's processor."""
+    from detrkit.families import family_of
+    from detrkit.modeling import config_from_preset
+
+    config = config_from_preset(name, use_pretrained_backbone=False)
+    family = family_of(config)
+    return family.detection_class(config).to(device).eval(), family.processor_class()
+
+
+def from_pretrained(model_id: str, device: str = "cpu", trust_remote_code: bool = False):
+    """A trained detector and its processor from a `save_pretrained` folder or a Hub id."""
+    import detrkit.modeling  # noqa: F401  (registers detrkit's configs with the Auto classes)
+    import detrkit.processing  # noqa: F401
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    local = Path(model_id).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{model_id}: no config.json inside; not a save_pretrained model folder")
+    if not local.exists() and looks_like_path(model_id):
+        raise FileNotFoundError(f"{model_id}: no such folder")
+    source = str(local) if local.exists() else model_id
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        model = AutoModelForObjectDetection.from_pretrained(source, **remote).to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(source, **remote)
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise ValueError(f"{model_id} needs its own code from the Hub to load; if you trust that repository, "
+                             "add --trust-remote-code") from None
+        raise ValueError(f"{model_id}: cannot load it ({' '.join(str(error).split())[:300]})") from None
+    except OSError as error:
+        raise OSError(f"{model_id}: cannot load it as a model ({' '.join(str(error).split())[:300]})") from None
+    if not hasattr(processor, "post_process_object_detection"):
+        raise TypeError(f"{model_id}: its image processor ({type(processor).__name__}) has no "
+                        "post_process_object_detection; not a detection checkpoint")
+    return model, processor
