@@ -504,63 +504,73 @@ class DetrImageProcessor(TorchvisionBackend):
         return_tensors,
         **kwargs,
     ) -> BatchFeature:
-        format = getattr(format, "value", format)  # a string or transformers' AnnotationFormat
-        if format not in ("coco_detection", "coco_panoptic"):
-            raise DetrProcessingError(
-                f"annotation format {format!r} is not supported; use 'coco_detection' or 'coco_panoptic'"
-            )
-        targets = None
-        if annotations is not None:
-            annotations = [annotations] if isinstance(annotations, dict) else list(annotations)
-            if len(annotations) != len(images):
-                raise DetrProcessingError(
-                    f"got {len(images)} images but {len(annotations)} annotations; give one annotation per image"
-                )
-            targets = [
-                self.annotation_to_target(annotation, index, *image.shape[-2:], format, return_segmentation_masks,
-                                        masks_path)
-                for index, (image, annotation) in enumerate(zip(images, annotations))
-            ]
-
+        targets = self.targets_of(images, annotations, getattr(format, "value", format), return_segmentation_masks,
+                                  masks_path)
         if do_resize:
-            orig_sizes = [tuple(image.shape[-2:]) for image in images]
-            images = [self.resize(image, size, resample) for image in images]
-            if targets is not None:
-                targets = [
-                    resize_target(target, orig, tuple(image.shape[-2:]))
-                    for target, orig, image in zip(targets, orig_sizes, images)
-                ]
+            images, targets = self.resize_with_targets(images, targets, size, resample)
         elif targets is not None:
             targets = [dict(t, size=t["orig_size"].clone()) for t in targets]
         if targets is not None and do_convert_annotations:
             targets = [normalize_target_boxes(target) for target in targets]
-
         scale, bias = self._affine(
             do_rescale, rescale_factor, do_normalize, image_mean, image_std, images[0].shape[0], images[0].device
         )
-        data = {}
         if do_pad:
-            padded_size = (pad_size.height, pad_size.width) if pad_size is not None else None
-            data["pixel_values"], data["pixel_mask"] = batch_images(images, padded_size, scale, bias)
-            if targets is not None:
-                targets = [pad_target_masks(target, data["pixel_values"].shape[-2:]) for target in targets]
-            if targets is not None and normalize_boxes_to_padded_image:
-                canvas = tuple(data["pixel_values"].shape[-2:])
-                targets = [
-                    target_to_padded_canvas(target, image.shape[-2:], canvas, do_convert_annotations)
-                    for target, image in zip(targets, images)
-                ]
+            data, targets = self.pad_with_targets(images, targets, pad_size, scale, bias, do_convert_annotations,
+                                                  normalize_boxes_to_padded_image)
         else:
             if len({tuple(image.shape) for image in images}) > 1:
                 raise DetrProcessingError(
                     "images have different sizes after resizing and do_pad=False; set do_pad=True to batch them"
                 )
-            data["pixel_values"] = batch_images(images, None, scale, bias, return_pixel_mask=False)[0]
+            data = {"pixel_values": batch_images(images, None, scale, bias, return_pixel_mask=False)[0]}
 
         encoded = BatchFeature(data, tensor_type=return_tensors)
         if targets is not None:
             encoded["labels"] = [BatchFeature(target, tensor_type=return_tensors) for target in targets]
         return encoded
+
+    def targets_of(self, images, annotations, format: str, return_segmentation_masks, masks_path) -> list | None:
+        """One target per image (original pixels), or None without annotations."""
+        if format not in ("coco_detection", "coco_panoptic"):
+            raise DetrProcessingError(
+                f"annotation format {format!r} is not supported; use 'coco_detection' or 'coco_panoptic'"
+            )
+        if annotations is None:
+            return None
+        annotations = [annotations] if isinstance(annotations, dict) else list(annotations)
+        if len(annotations) != len(images):
+            raise DetrProcessingError(
+                f"got {len(images)} images but {len(annotations)} annotations; give one annotation per image"
+            )
+        return [
+            self.annotation_to_target(annotation, index, *image.shape[-2:], format, return_segmentation_masks,
+                                      masks_path)
+            for index, (image, annotation) in enumerate(zip(images, annotations))
+        ]
+
+    def resize_with_targets(self, images, targets, size: SizeDict, resample):
+        """Resized images, and their targets' boxes, areas and masks with them."""
+        orig_sizes = [tuple(image.shape[-2:]) for image in images]
+        images = [self.resize(image, size, resample) for image in images]
+        if targets is not None:
+            targets = [resize_target(target, orig, tuple(image.shape[-2:]))
+                       for target, orig, image in zip(targets, orig_sizes, images)]
+        return images, targets
+
+    def pad_with_targets(self, images, targets, pad_size: SizeDict | None, scale, bias, boxes_normalized: bool,
+                         normalize_boxes_to_padded_image: bool):
+        """{"pixel_values", "pixel_mask"} of the images padded bottom-right to one canvas, and the targets' masks
+        padded alike (boxes moved to the canvas' frame when asked, transformers' convention)."""
+        padded_size = (pad_size.height, pad_size.width) if pad_size is not None else None
+        pixel_values, pixel_mask = batch_images(images, padded_size, scale, bias)
+        if targets is not None:
+            canvas = tuple(pixel_values.shape[-2:])
+            targets = [pad_target_masks(target, canvas) for target in targets]
+            if normalize_boxes_to_padded_image:
+                targets = [target_to_padded_canvas(target, image.shape[-2:], canvas, boxes_normalized)
+                           for target, image in zip(targets, images)]
+        return {"pixel_values": pixel_values, "pixel_mask": pixel_mask}, targets
 
     def pad(
         self,
