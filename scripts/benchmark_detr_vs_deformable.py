@@ -96,7 +96,7 @@ def run_config(args, kind: str, model_dir: Path, output: Path):
         max_train_minutes=args.max_train_minutes, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, data_cache=args.data_cache,
         backbone_policy="auto" if args.backbone != "random" else "scratch", checkpoint_every=0,
-        log_with=None, predictions_image=False, output_dir=str(output)))
+        log_with=None, drawings=False, output_dir=str(output)))
 
 
 def train_one(args, kind: str) -> list[dict]:

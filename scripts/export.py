@@ -3,7 +3,7 @@
 (the same as `detrkit export`)."""
 import sys
 
-from detrkit.deploy.export import main
+from detrkit.deploy.export_command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,8 @@ from conftest import SMALL, padded_batch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from detrkit.deploy.export import export_onnx, main  # noqa: E402
+from detrkit.deploy.export import export_onnx  # noqa: E402
+from detrkit.deploy.export_command import main  # noqa: E402
 from detrkit.modeling import (  # noqa: E402
     DeformableDetrConfig,
     DeformableDetrForObjectDetection,

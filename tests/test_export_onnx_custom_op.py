@@ -15,7 +15,8 @@ pytest.importorskip("onnxruntime")
 from test_export_onnx import SIZES, TOLERANCE, build, max_diff, session  # noqa: E402
 
 from detrkit.deploy import onnx_session  # noqa: E402
-from detrkit.deploy.export import export_onnx, main  # noqa: E402
+from detrkit.deploy.export import export_onnx  # noqa: E402
+from detrkit.deploy.export_command import main  # noqa: E402
 from detrkit.deploy.onnx_custom_ops import DOMAIN, OP_TYPE, uses_custom_op  # noqa: E402
 from detrkit.modeling.multi_scale_deformable_attention import (  # noqa: E402
     multi_scale_deformable_attention,

@@ -38,8 +38,9 @@ def test_help_lists_each_option_once_with_its_default(capsys):
     for name in TrainConfig.field_names():
         flag = f"--{name.replace('_', '-')}"
         assert len(re.findall(rf"^\s+{re.escape(flag)}(?=\s)", out, flags=re.M)) == 1, flag
-    assert "(default: chosen for the run)" in out and "(default: 0.9998)" in out
-    assert "--log-with" not in out  # the old name still parses, but is not listed twice
+    assert "chosen for the run" not in out and "(default: 0.9998)" in out
+    assert "or a checkpoint folder (default: off) --push-to-hub" in " ".join(out.split())  # None: "off", once
+    assert "--log-with" not in out and "--predictions-image" not in out  # old names still parse, not listed
 
 
 def test_demo_file_only_for_the_demo(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from conftest import SMALL
 
-from detrkit.deploy.visualize import attention_maps, draw, main
+from detrkit.deploy.visualize import attention_maps, draw
+from detrkit.deploy.visualize_command import main
 from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection, DetrConfig, DetrForObjectDetection
 from detrkit.processing import DeformableDetrImageProcessor, DetrImageProcessor
 

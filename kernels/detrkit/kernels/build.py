@@ -11,7 +11,7 @@ process only loads the shared object:
 
 The CUDA build works without a GPU: the loader resolves the real toolkit behind an ``nvcc`` wrapper
 script, picks an architecture list and adds the headers of the pip ``nvidia`` wheels when the toolkit
-lacks some (the README's "The deformable attention kernel" section).
+lacks some (docs/kernels.md).
 
 Environment: DETRKIT_CACHE (cache folder; else $TORCH_EXTENSIONS_DIR/detrkit, else
 $XDG_CACHE_HOME/detrkit, i.e. ~/.cache/detrkit), CUDA_HOME / CUDA_PATH, TORCH_CUDA_ARCH_LIST (default: the

@@ -237,6 +237,8 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int,
             iscrowd = int(obj.get("iscrowd", 0))
         except (TypeError, ValueError) as error:
             raise DetrProcessingError(f"{where}: non-numeric field ({error}) in {obj!r}") from error
+        if category < 0:  # the model's class head would reject it later, far from the annotation at fault
+            raise DetrProcessingError(f"{where}: 'category_id' must be 0 or more, got {obj['category_id']!r}")
         if not all(math.isfinite(v) for v in (x, y, w, h)):
             raise DetrProcessingError(f"{where}: 'bbox' has NaN or inf: {bbox!r}")
         if w < 0 or h < 0:

@@ -14,9 +14,9 @@ COMMANDS = {  # name -> (module, one-line summary)
     "predict": ("detrkit.inference.predict_command", "detect objects in images, folders, globs, URLs or videos"),
     "data": ("detrkit.data.check", "summarise and check a data set (detrkit data check PATH)"),
     "convert": ("detrkit.conversion.cli", "convert an official DETR / Deformable DETR .pth checkpoint"),
-    "export": ("detrkit.deploy.export", "export a model to ONNX"),
-    "visualize": ("detrkit.deploy.visualize", "draw what a model attends to"),
-    "demo": ("detrkit.deploy.demo", "start the Gradio web demo"),
+    "export": ("detrkit.deploy.export_command", "export a model to ONNX"),
+    "visualize": ("detrkit.deploy.visualize_command", "draw what a model attends to"),
+    "demo": ("detrkit.deploy.demo_command", "start the Gradio web demo"),
     "space": ("detrkit.deploy.space", "write a Hugging Face Space (app.py + requirements) for a model"),
 }
 
@@ -24,7 +24,19 @@ COMMANDS = {  # name -> (module, one-line summary)
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    return "usage: detrkit COMMAND [ARGS]   (detrkit COMMAND --help for its options)\n\ncommands:\n" + "\n".join(lines)
+    return ("usage: detrkit COMMAND [ARGS]   (detrkit COMMAND --help for its options)\n"
+            "       detrkit --version\n\ncommands:\n" + "\n".join(lines)
+            + "\n\nEvery command: --debug shows the traceback of an error.")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("detrkit")
+    except PackageNotFoundError:  # run from a checkout without installing it
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"detrkit {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"detrkit: unknown command {name!r}\n\n{usage()}", file=sys.stderr)

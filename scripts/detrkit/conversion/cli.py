@@ -4,7 +4,7 @@
 import argparse
 import sys
 
-from .checkpoint_file import CheckpointError
+from detrkit.cli.runner import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,20 +13,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", help="folder to write (weights, config, processor, model card)")
     dc5 = parser.add_mutually_exclusive_group()
     dc5.add_argument("--dc5", dest="dilation", action="store_true", default=None,
-                     help="the backbone's last stage is dilated (DC5); DETR files do not record it")
-    dc5.add_argument("--no-dc5", dest="dilation", action="store_false", help="the backbone is not dilated")
+                     help="the backbone's last stage is dilated (DC5); DETR's weights do not show it (default: "
+                          "the checkpoint's args.dilation, else the official file name, else an error)")
+    dc5.add_argument("--no-dc5", dest="dilation", action="store_false",
+                     help="the backbone is not dilated (default: as for --dc5)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """A bad checkpoint (CheckpointError, a ValueError) ends as one line and exit status 2; --debug: traceback."""
+    return run_command("convert", argv, lambda args: convert(build_parser().parse_args(args)))
+
+
+def convert(args) -> int:
     from .convert import convert_official_checkpoint  # imports torch/transformers: after --help
 
-    try:
-        model = convert_official_checkpoint(args.source, args.output_dir, dilation=args.dilation)
-    except CheckpointError as error:
-        print(f"detrkit convert: error: {error}", file=sys.stderr)
-        return 2
+    model = convert_official_checkpoint(args.source, args.output_dir, dilation=args.dilation)
     config = model.config
     print(f"wrote {args.output_dir}: {type(model).__name__}, {config.backbone} (DC5: {config.dilation}), "
           f"{config.encoder_layers}+{config.decoder_layers} layers, {config.num_queries} queries, "

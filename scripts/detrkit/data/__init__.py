@@ -23,27 +23,47 @@ panoptic_dataset.py   PanopticDataset (+ horizontal_flip for image and segment m
 builtin/              the built-in synthetic sets (shapes-a, shapes-b and their panoptic versions)
 check.py              the `detrkit data check` command
 """
-from .augmentations import AugmentationConfig, RandomSizeCrop, augment, detr_train_transforms
-from .builtin import (
-    BUILTIN_DATASETS, BUILTIN_PANOPTIC_DATASETS, BuiltinDataset, BuiltinPanopticDataset, builtin_categories,
-    write_builtin_dataset, write_builtin_panoptic_dataset,
-)
-from .coco import load_coco
-from .coco_panoptic import load_coco_panoptic
-from .collator import DetectionCollator
-from .dataset import DetectionDataset, SkippedImages
-from .hf_datasets import load_hf_dataset
-from .hf_panoptic import load_hf_panoptic, semantic_map_to_panoptic
-from .imagefolder import load_imagefolder
-from .images import open_image
-from .layouts import SplitNotFoundError, discover_splits, load_detection_data
-from .panoptic_dataset import PanopticDataset, horizontal_flip
-from .panoptic_records import InvalidPanopticDataError, PanopticData, PanopticRecord
-from .problems import InvalidDatasetError, Problem
-from .record_table import RecordTable
-from .records import Categories, DetectionData, DetectionRecord
-from .voc import load_voc
-from .yolo import load_yolo
+import importlib
+
+# name -> the module that defines it; imported on first use (PEP 562) so that `detrkit data check --help` and
+# the light modules (records, layouts) do not pay for torch and torchvision
+_EXPORTS = {
+    "AugmentationConfig": "augmentations", "RandomSizeCrop": "augmentations", "augment": "augmentations",
+    "detr_train_transforms": "augmentations",
+    "BUILTIN_DATASETS": "builtin", "BUILTIN_PANOPTIC_DATASETS": "builtin", "BuiltinDataset": "builtin",
+    "BuiltinPanopticDataset": "builtin", "builtin_categories": "builtin", "write_builtin_dataset": "builtin",
+    "write_builtin_panoptic_dataset": "builtin",
+    "load_coco": "coco",
+    "load_coco_panoptic": "coco_panoptic",
+    "DetectionCollator": "collator",
+    "DetectionDataset": "dataset", "SkippedImages": "dataset",
+    "load_hf_dataset": "hf_datasets",
+    "load_hf_panoptic": "hf_panoptic", "semantic_map_to_panoptic": "hf_panoptic",
+    "load_imagefolder": "imagefolder",
+    "open_image": "images",
+    "SplitNotFoundError": "layouts", "discover_splits": "layouts", "load_detection_data": "layouts",
+    "PanopticDataset": "panoptic_dataset", "horizontal_flip": "panoptic_dataset",
+    "InvalidPanopticDataError": "panoptic_records", "PanopticData": "panoptic_records", "PanopticRecord":
+    "panoptic_records",
+    "InvalidDatasetError": "problems", "Problem": "problems",
+    "RecordTable": "record_table",
+    "Categories": "records", "DetectionData": "records", "DetectionRecord": "records",
+    "load_voc": "voc",
+    "load_yolo": "yolo",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AugmentationConfig", "RandomSizeCrop", "augment", "detr_train_transforms", "DetectionCollator", "Categories",

@@ -29,8 +29,8 @@ def argument_parser() -> argparse.ArgumentParser:
                                     "save_to_disk folder or a Hub dataset id")
     check.add_argument("--split", default=None, help="check only this split (default: every split found)")
     check.add_argument("--decode", action="store_true",
-                       help="decode every image fully (finds truncated files; slower than the default header check)")
-    check.add_argument("--no-cache", action="store_true", help="check again even if the records are cached")
+                       help="decode every image fully (finds truncated files; slower than the default header check; default: off)")
+    check.add_argument("--no-cache", action="store_true", help="check again even if the records are cached (default: off)")
     return parser
 
 

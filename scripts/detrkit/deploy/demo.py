@@ -7,9 +7,7 @@ This module is also the app of a Hugging Face Space (`detrkit space` writes an a
 """
 from __future__ import annotations
 
-import argparse
 import html
-import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detrkit.inference.loading import load_model
 
 from .visualize import attention_maps, draw, one_detection
 
@@ -137,26 +134,3 @@ def build_app(model, processor, examples: list[str | Path] = (), title: str = "d
         threshold.release(on_threshold, [image_state, maps_state, threshold], [picture, table, chosen, attention])
         chosen.change(attention_picture, [image_state, maps_state, chosen], attention)
     return app
-
-
-def main(argv: list[str] | None = None) -> int:
-    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.cli.runner import run_command
-
-    return run_command("demo", argv, command)
-
-
-def command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detrkit demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="save_pretrained folder, Hub id or preset name")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--example", action="append", default=[], help="example image (repeatable)")
-    parser.add_argument("--title", default=None)
-    args = parser.parse_args(argv)
-    model, processor = load_model(args.model)
-    examples = args.example or [example_image(tempfile.mkdtemp(prefix="detrkit-demo-"))]
-    app = build_app(model, processor, examples, args.title or f"detrkit: {Path(args.model).name}")
-    app.launch(server_name=args.host, server_port=args.port)
-    return 0

@@ -18,14 +18,13 @@ feature-map sizes into symbols and then specialises them where they reach `torch
 trace records those sizes as graph values. Deformable attention is exported through its PyTorch path
 (`grid_sample`, ONNX opset >= 16): a standard op every ONNX runtime has, where the compiled kernel would need a
 custom-op library next to the file, so the file runs anywhere. The price is speed: grid_sample is slower than
-the kernel (scripts/benchmark_onnx.py --op; figures in the README's "Export"). `--msda-op detrkit` writes it as
+the kernel (scripts/benchmark_onnx.py --op; figures in docs/export.md). `--msda-op detrkit` writes it as
 one custom node instead, which onnxruntime runs with detrkit's kernel through onnxruntime-extensions: faster, but
 the file then needs Python with detrkit and onnxruntime-extensions to run (`detrkit.deploy.onnx_session` loads it;
 see onnx_custom_ops.py).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import warnings
 from pathlib import Path
@@ -36,7 +35,6 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from detrkit.families import DEFORMABLE_DETR, family_of
-from detrkit.inference.loading import load_model
 
 MIN_OPSET = 16  # GridSample (Deformable DETR's bilinear sampling)
 MSDA_OPS = ("grid_sample", "detrkit")  # portable standard-op graph / custom node run by detrkit's kernel
@@ -109,12 +107,13 @@ class OnnxDetector(nn.Module):
         return result
 
     def example_inputs(self, batch_size: int = 2, height: int = 256, width: int = 320) -> tuple[torch.Tensor, ...]:
-        pixel_values = torch.randn(batch_size, self.model.config.num_channels, height, width)
+        device = next(self.model.parameters()).device  # --device: trace where the model is
+        pixel_values = torch.randn(batch_size, self.model.config.num_channels, height, width, device=device)
         inputs = [pixel_values]
         if self.use_pixel_mask:
-            inputs.append(torch.ones(batch_size, height, width, dtype=torch.long))
+            inputs.append(torch.ones(batch_size, height, width, dtype=torch.long, device=device))
         if self.postprocess is not None:
-            inputs.append(torch.tensor([[height, width]] * batch_size, dtype=torch.long))
+            inputs.append(torch.tensor([[height, width]] * batch_size, dtype=torch.long, device=device))
         return tuple(inputs)
 
 
@@ -167,36 +166,3 @@ def export_onnx(model, path: str | Path, opset: int = 17, pixel_mask: bool = Fal
     if check:
         onnx.checker.check_model(str(path), full_check=True)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.cli.runner import run_command
-
-    return run_command("export", argv, command)
-
-
-def command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detrkit export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="save_pretrained folder, Hub id or preset name (random weights)")
-    parser.add_argument("--format", default="onnx", choices=["onnx"])
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset (>= {MIN_OPSET})")
-    parser.add_argument("--pixel-mask", action="store_true", help="take a pixel_mask input (padded batches)")
-    parser.add_argument("--postprocess", action="store_true",
-                        help="take target_sizes and also return scores, labels and boxes in pixels")
-    parser.add_argument("--top-k", type=int, default=100, help="Deformable DETR: (query, class) pairs kept")
-    parser.add_argument("--example-size", type=int, nargs=2, default=(256, 320), metavar=("HEIGHT", "WIDTH"),
-                        help="the input size traced (any size runs)")
-    parser.add_argument("--msda-op", default="grid_sample", choices=MSDA_OPS,
-                        help="Deformable DETR's deformable attention as standard ONNX ops (grid_sample: any "
-                             "runtime) or as one custom node per layer run by detrkit's C++ kernel (detrkit: faster "
-                             "in onnxruntime, but running the file then needs Python with detrkit and "
-                             "onnxruntime-extensions; load it with detrkit.deploy.onnx_session)")
-    args = parser.parse_args(argv)
-    model, _ = load_model(args.model)
-    path = export_onnx(model, args.output, args.opset, args.pixel_mask, args.postprocess, args.top_k,
-                       tuple(args.example_size), msda_op=args.msda_op)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), onnx.checker passed")
-    return 0

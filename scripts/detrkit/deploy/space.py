@@ -18,7 +18,7 @@ from ..checkout import checkout_root
 APP = '''"""Hugging Face Space: the detrkit demo (written by `detrkit space`)."""
 import os
 
-from detrkit.deploy.demo import main
+from detrkit.deploy.demo_command import main
 
 if __name__ == "__main__":
     os.environ.setdefault("GRADIO_SERVER_NAME", "0.0.0.0")
@@ -78,14 +78,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command(argv: list[str]) -> int:
+    args = argument_parser().parse_args(argv)
+    out = write_space(args.model, args.out_dir, args.detrkit_requirement, args.title)
+    print(f"wrote the Space to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    return 0
+
+
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detrkit space", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="save_pretrained folder (copied) or Hub id (named)")
     parser.add_argument("out_dir", help="the Space folder to write")
     parser.add_argument("--detrkit-requirement", default=None,
                         help="requirements.txt line for detrkit (default: a wheel built from this checkout)")
-    parser.add_argument("--title", default=None)
-    args = parser.parse_args(argv)
-    out = write_space(args.model, args.out_dir, args.detrkit_requirement, args.title)
-    print(f"wrote the Space to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
-    return 0
+    parser.add_argument("--title", default=None, help="the Space's title (default: detrkit <model name>)")
+    return parser

@@ -9,7 +9,6 @@ points drawn are the ones the model sampled.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from contextlib import contextmanager
 
@@ -18,7 +17,6 @@ import torch
 from PIL import Image
 
 from detrkit.families import DEFORMABLE_DETR, family_of
-from detrkit.inference.loading import load_model
 
 from .export import DetectionPostProcess
 
@@ -70,8 +68,8 @@ def record_sampling(model):
 
     def recorder(name, module):
         def record(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-            records.append({"module": name, "sampling_locations": sampling_locations.detach(),
-                            "attention_weights": attention_weights.detach(),
+            records.append({"module": name, "sampling_locations": sampling_locations.detach().cpu(),
+                            "attention_weights": attention_weights.detach().cpu(),
                             "spatial_shapes": [tuple(int(v) for v in s) for s in spatial_shapes]})
             return module.default_sampling(value, spatial_shapes, level_start_index, sampling_locations,
                                            attention_weights)
@@ -134,7 +132,9 @@ def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5,
     height, width = inputs["pixel_values"].shape[-2:]
     deformable = family_of(model) is DEFORMABLE_DETR
     with record_sampling(model) if deformable else _nothing() as records:
-        outputs = model(**inputs, output_attentions=True, return_dict=True)
+        device = next(model.parameters()).device  # --device: the model's; the maps are drawn from CPU copies
+        outputs = on_cpu(model(**{k: v.to(device) for k, v in inputs.items()}, output_attentions=True,
+                               return_dict=True))
     found = detections(model, outputs, (image.height, image.width), threshold)
     if pixels is None or pixels == "detections":  # centres of the first three (or all) detections, input pixels
         boxes = found["boxes"] if pixels == "detections" else found["boxes"][:3]
@@ -150,6 +150,18 @@ def attention_maps(model, processor, image: Image.Image, threshold: float = 0.5,
     if return_outputs:
         result["outputs"] = outputs
     return result
+
+
+def on_cpu(value):
+    """The model's outputs (tensors in ModelOutputs, tuples and lists) as CPU tensors, for numpy and drawing."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(on_cpu(v) for v in value)
+    if isinstance(value, dict):  # a ModelOutput keeps its type and attributes
+        for key in list(value.keys()):
+            value[key] = on_cpu(value[key])
+    return value
 
 
 @contextmanager
@@ -222,33 +234,3 @@ def _points(ax, points, weights):
         ax.scatter(points[:, level, :, 0].ravel(), points[:, level, :, 1].ravel(), c=weights[:, level].ravel(),
                    cmap="plasma", norm=norm, s=14, marker=markers[level % len(markers)], linewidths=0.3,
                    edgecolors="white")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """User errors (missing files, bad models) end as one line on stderr and exit status 2."""
-    from detrkit.cli.runner import run_command
-
-    return run_command("visualize", argv, command)
-
-
-def command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="detrkit visualize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="save_pretrained folder, Hub id or preset name")
-    parser.add_argument("image", help="an image file")
-    parser.add_argument("--output", default="attention.png")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--max-detections", type=int, default=4)
-    parser.add_argument("--pixel", type=float, nargs=2, action="append", metavar=("X", "Y"),
-                        help="encoder query pixel in the processed input (repeatable; default: detection centres)")
-    args = parser.parse_args(argv)
-    from detrkit.data.images import open_image
-
-    image = open_image(args.image).convert("RGB")  # before the model: a wrong path fails at once
-    model, processor = load_model(args.model)
-    maps = attention_maps(model, processor, image, args.threshold, args.pixel)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    figure = draw(image, maps, id2label, args.max_detections)
-    figure.savefig(args.output, dpi=80)
-    print(f"{len(maps['detections']['scores'])} detection(s); wrote {args.output}")
-    return 0

@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from detrkit.cli.options import add_alias, add_device, add_trust_remote_code
 from detrkit.cli.runner import run_command
 
 DEFAULT_DATA_CACHE = "~/.cache/detrkit/data"
@@ -22,23 +23,30 @@ DEFAULT_DATA_CACHE = "~/.cache/detrkit/data"
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detrkit evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Add --debug to see a traceback on errors.")
     parser.add_argument("model", help="save_pretrained folder or Hub id")
     parser.add_argument("--data", required=True, help="what `detrkit train --data` takes")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    parser.add_argument("--data-cache", default=DEFAULT_DATA_CACHE, help="where built-in sets are generated")
-    parser.add_argument("--image-size", type=int, default=128,
+    parser.add_argument("--data-cache", default=DEFAULT_DATA_CACHE,
+                        help=f"where built-in sets are generated (default: {DEFAULT_DATA_CACHE})")
+    parser.add_argument("--builtin-image-size", type=int, default=128,
                         help="built-in sets: the generated size (default: 128); the model's processor sizes images")
-    parser.add_argument("--max-samples", type=int, default=None, help="only the first N images")
+    add_alias(parser, "--image-size", "builtin_image_size", type=int)
+    parser.add_argument("--max-eval-samples", type=int, default=None,
+                        help="use only the first N evaluation images (default: off, all)")
+    add_alias(parser, "--max-samples", "max_eval_samples", type=int)
     parser.add_argument("--invalid-records", choices=("skip", "raise"), default="skip",
                         help="a bad image or annotation: skip (reported) or raise (default: skip)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="score threshold of the confusion matrix (default: 0.5 for softmax DETR, 0.3 for "
                              "sigmoid Deformable DETR)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub model's own code to run")
+    add_trust_remote_code(parser)
+    add_device(parser)
     parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: horizontal flip x scales, merged by class-wise NMS (tta.py)")
+                        help="test-time augmentation: horizontal flip x scales, merged by class-wise NMS (tta.py) "
+                             "(default: off)")
     parser.add_argument("--tta-scales", type=float, nargs="+", default=[0.8, 1.0, 1.2],
                         help="TTA scale factors of the processor's size (default: 0.8 1.0 1.2)")
     parser.add_argument("--output", help="JSON file for the metrics (default: eval_<split>.json in the model folder "
@@ -54,8 +62,8 @@ def load_records(args):
     """The split's records, as `detrkit train --data` reads them."""
     from detrkit.data.sources import read_split, resolve_data_source
 
-    source = resolve_data_source(args.data, args.data_cache, args.image_size)
-    return read_split(source, args.split, args.data, args.invalid_records, args.max_samples)
+    source = resolve_data_source(args.data, args.data_cache, args.builtin_image_size)
+    return read_split(source, args.split, args.data, args.invalid_records, args.max_eval_samples)
 
 
 def predict_split(model, processor, records, args, device) -> dict[int, dict]:
@@ -79,8 +87,7 @@ def predict_split(model, processor, records, args, device) -> dict[int, dict]:
 
 
 def evaluate_command(args) -> dict:
-    import torch
-
+    from detrkit.cli.device import resolve_device
     from detrkit.families import family_of
     from detrkit.metrics.coco import coco_evaluate
 
@@ -88,9 +95,9 @@ def evaluate_command(args) -> dict:
     from .label_mapping import map_model_labels, remap_detections
     from .loading import load_model
 
-    if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
-        raise ValueError("--batch-size and --max-samples must be >= 1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.batch_size < 1 or (args.max_eval_samples is not None and args.max_eval_samples < 1):
+        raise ValueError("--batch-size and --max-eval-samples must be >= 1")
+    device = resolve_device(args.device)
     records = load_records(args)
     model, processor = load_model(args.model, device, trust_remote_code=args.trust_remote_code)
     categories = records.categories

@@ -38,18 +38,29 @@ def from_pretrained(model_id: str, device: str = "cpu", trust_remote_code: bool 
     """A trained detector and its processor from a `save_pretrained` folder or a Hub id."""
     import detrkit.modeling  # noqa: F401  (registers detrkit's configs with the Auto classes)
     import detrkit.processing  # noqa: F401
+    from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from detrkit.families import family_of
+    from detrkit.inference.model_folder import check_weights_file, default_processor, has_processor
 
     local = Path(model_id).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{model_id}: no config.json inside; not a save_pretrained model folder")
     if not local.exists() and looks_like_path(model_id):
         raise FileNotFoundError(f"{model_id}: no such folder")
+    if local.exists():
+        check_weights_file(local, model_id)
     source = str(local) if local.exists() else model_id
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         model = AutoModelForObjectDetection.from_pretrained(source, **remote).to(device).eval()
-        processor = AutoImageProcessor.from_pretrained(source, **remote)
+        if local.exists() and not has_processor(local):
+            processor = default_processor(family_of(model), model_id)
+        else:
+            processor = AutoImageProcessor.from_pretrained(source, **remote)
+    except SafetensorError as error:  # a Hub download that arrived broken (local files are checked above)
+        raise ValueError(f"{model_id}: truncated or corrupt weights file ({' '.join(str(error).split())})") from None
     except ValueError as error:
         if "trust_remote_code" in str(error) and not trust_remote_code:
             raise ValueError(f"{model_id} needs its own code from the Hub to load; if you trust that repository, "

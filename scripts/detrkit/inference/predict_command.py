@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from detrkit.cli.options import add_alias, add_bool, add_device, add_trust_remote_code
 from detrkit.cli.runner import run_command
 from detrkit.errors import UsageError
 
@@ -27,7 +28,8 @@ def data_sources(args) -> tuple[list[Source], Any]:
     """The images of a data set's split, with its image ids (for --save-coco-json)."""
     from detrkit.data.sources import read_split, resolve_data_source
 
-    records = read_split(resolve_data_source(args.data, args.data_cache, args.image_size), args.split, args.data)
+    records = read_split(resolve_data_source(args.data, args.data_cache, args.builtin_image_size), args.split,
+                         args.data)
     sources = []
     for r in records:
         label = str(r.image) if isinstance(r.image, (str, Path)) else f"{args.data}:{args.split}:{r.image_id}"
@@ -38,23 +40,30 @@ def data_sources(args) -> tuple[list[Source], Any]:
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detrkit predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Add --debug to see a traceback on errors.")
     parser.add_argument("model", help="save_pretrained folder or Hub id")
     parser.add_argument("inputs", nargs="*", help="image files, folders, globs (quoted) or http(s) URLs")
     parser.add_argument("--data", help="predict on this data set's --split instead (what `detrkit train --data` "
-                                       "takes)")
+                                       "takes; default: off, the images given)")
     parser.add_argument("--split", default="val", help="with --data: the split (default: val)")
-    parser.add_argument("--data-cache", default="~/.cache/detrkit/data", help="where built-in sets are generated")
-    parser.add_argument("--image-size", type=int, default=128, help="built-in sets: the generated size")
+    parser.add_argument("--data-cache", default="~/.cache/detrkit/data",
+                        help="where built-in sets are generated (default: ~/.cache/detrkit/data)")
+    parser.add_argument("--builtin-image-size", type=int, default=128,
+                        help="built-in sets: the generated size (default: 128); the model's processor sizes images")
+    add_alias(parser, "--image-size", "builtin_image_size", type=int)
     parser.add_argument("--threshold", type=float, default=None,
                         help="score threshold (default: 0.5 for DETR's softmax scores, 0.3 for Deformable DETR's)")
     parser.add_argument("--output-dir", default="predictions", help="where the JSON and drawings go "
                                                                     "(default: predictions)")
     parser.add_argument("--save-coco-json", metavar="FILE", help="also write COCO results with the data's image "
-                                                                 "and category ids (needs --data)")
-    parser.add_argument("--no-drawings", action="store_true", help="write the JSON only")
+                                                                 "and category ids (needs --data; default: off)")
+    add_bool(parser, "--drawings", True, "draw each image's detections into --output-dir as a PNG (false: the "
+                                         "JSON only)")
+    add_alias(parser, "--no-drawings", "drawings", action="store_false")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow a Hub model's own code to run")
+    add_trust_remote_code(parser)
+    add_device(parser)
     return parser
 
 
@@ -75,8 +84,7 @@ def check_arguments(args) -> None:
 
 
 def predict_command(args) -> dict:
-    import torch
-
+    from detrkit.cli.device import resolve_device
     from detrkit.families import family_of
 
     from .loading import load_model
@@ -86,7 +94,7 @@ def predict_command(args) -> dict:
     videos = [item for item in args.inputs if is_video(item)]  # annotated video + per-frame JSON each
     images = [item for item in args.inputs if not is_video(item)]
     sources, records = data_sources(args) if args.data else (collect_sources(images) if images else [], None)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     model, processor = load_model(args.model, device, trust_remote_code=args.trust_remote_code)
     threshold = args.threshold if args.threshold is not None else family_of(model).drawing_threshold
     out = Path(args.output_dir)
@@ -98,7 +106,7 @@ def predict_command(args) -> dict:
         print(f"{video}: {len(frames)} frame(s); wrote {out}/{Path(video).stem}.annotated.mp4 and .json")
     if sources:
         (out / "predictions.json").write_text(json.dumps(results, indent=2))
-        print(f"wrote {out}/predictions.json" + ("" if args.no_drawings else f" and {len(sources)} PNG(s)"))
+        print(f"wrote {out}/predictions.json" + (f" and {len(sources)} PNG(s)" if args.drawings else ""))
     if args.save_coco_json:
         Path(args.save_coco_json).write_text(json.dumps(coco))
         print(f"wrote {args.save_coco_json} ({len(coco)} detections, the data's category ids)")
@@ -122,7 +130,7 @@ def predict_images(model, processor, sources: list[Source], args, threshold: flo
         found = detect(model, processor, images, threshold, device)
         for (source, name), image, detections in zip(chunk, images, found):
             results[source.name] = to_json(detections, id2label)
-            if not args.no_drawings:
+            if args.drawings:
                 F.to_pil_image(draw(image, detections, id2label)).save(out / f"{name}.png")
             if to_original is not None:
                 coco += coco_results(detections, source.image_id, to_original)

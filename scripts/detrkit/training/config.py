@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from detrkit.cli.device import check_device_name
 from detrkit.errors import UsageError
 
 from ..checkout import checkout_root
@@ -36,7 +37,8 @@ REPO_ROOT = checkout_root()  # None when installed from a wheel
 DEMO_CONFIG = Path("scripts") / "configs" / "finetune_shapes_b.yaml"
 LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
                 "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
-ALIASES = {"log_with": "report_to"}  # earlier names still read from config files and flags
+ALIASES = {"log_with": "report_to",  # earlier names, still read from config files and flags (hidden in --help)
+           "predictions_image": "drawings"}
 
 
 def option(default: Any = None, help: str = "", factory=None):
@@ -61,7 +63,8 @@ class TrainConfig:
                                  factory=dict)
     model: str | None = option(None, "starting point: a preset (deformable-detr, detr-resnet-50, ...: random "
                                      "transformer), a save_pretrained folder or a Hub id (detrkit's, or "
-                                     "transformers' DETR / Deformable DETR checkpoints); needed with --data")
+                                     "transformers' DETR / Deformable DETR checkpoints); needed with --data "
+                                     "(default: none; with neither --model nor --data, the demo)")
     fallback_model: str | None = option(None, "used, with a warning, while `model` is a missing checkpoints/ "
                                               "folder: a preset, or a config file whose model / model_overrides "
                                               "define the architecture (trained from scratch)")
@@ -69,11 +72,15 @@ class TrainConfig:
                                    factory=dict)
     trust_remote_code: bool = option(False, "allow a Hub model's own Python code to run (only for repositories "
                                             "you trust)")
+    device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: what accelerate chooses: the GPU(s) when "
+                                      "visible, else cpu); cpu is accelerate's cpu=True, cuda:N selects one GPU "
+                                      "for a single-process run")
     data: str | None = option(None, "training data: a folder (COCO, YOLO, VOC, imagefolder, datasets "
-                                    "save_to_disk), a Hub dataset id, or a built-in set (shapes-a, shapes-b)")
+                                    "save_to_disk), a Hub dataset id, or a built-in set (shapes-a, shapes-b) "
+                                    "(default: none; with neither --model nor --data, the demo)")
     data_cache: str = option("~/.cache/detrkit/data", "where built-in sets are generated")
-    builtin_num_train: int | None = option(None, "built-in sets: training images (generator default 512)")
-    builtin_num_val: int | None = option(None, "built-in sets: validation images (generator default 128)")
+    builtin_num_train: int | None = option(None, "built-in sets: training images (default: the generator's, 512)")
+    builtin_num_val: int | None = option(None, "built-in sets: validation images (default: the generator's, 128)")
     train_split: str = option("train", "training split name")
     eval_split: str = option("val", "evaluation split name")
     invalid_records: str = option("skip", "a bad image or annotation: 'skip' (reported and counted) or 'raise'")
@@ -116,7 +123,8 @@ class TrainConfig:
     backbone_policy: str = option("auto", "'auto', 'pretrained' (frozen BatchNorm + stem) or 'scratch'")
     ema: bool = option(False, "keep an exponential moving average of the weights; it is evaluated and exported")
     ema_decay: float = option(0.9998, "EMA decay per optimizer step (warmed up over the first steps)")
-    patience: int | None = option(None, "stop after this many evaluations without a better AP (default: never)")
+    patience: int | None = option(None, "stop after this many evaluations without a better AP (default: off, "
+                                        "never stop early)")
     # bookkeeping
     seed: int = option(42, "random seed (data order, augmentation, initialisation)")
     mixed_precision: str | None = option(None, "'no', 'bf16' or 'fp16' (default: the launcher's, "
@@ -134,7 +142,7 @@ class TrainConfig:
     resume: str | None = option(None, "'latest' (the newest checkpoint of the run folder) or a checkpoint folder")
     distill_from: str | None = option(None, "MTKD: a trained exact DETR that teaches this (ACT) student through its "
                                             "predictions and encoder features (training/distillation.py)")
-    predictions_image: bool = option(True, "draw predictions on a few evaluation images at the end")
+    drawings: bool = option(True, "draw predictions on a few evaluation images at the end (predictions.png)")
     threshold: float | None = option(None, "score threshold of that drawing (default: 0.5 for DETR's softmax "
                                            "scores, 0.3 for Deformable DETR's sigmoid focal scores)")
     push_to_hub: str | None = option(None, "at the end, upload model, processor and card to this Hub repository")
@@ -220,7 +228,9 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             raise UsageError(f"{name}: expected true or false, got {value!r}")
         return value
     if annotation.startswith("str"):
-        if isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads on / off / yes / no as booleans
+            if "on" in CHOICES.get(name, ()):
+                return "on" if value else "off"  # `--memory-savers on`
             return "yes" if value else "no"  # e.g. `--mixed-precision no`, accelerate's own spelling
         if isinstance(value, (int, float)):
             return str(value)
@@ -265,6 +275,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if value is not None and value not in allowed:
             raise UsageError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    check_device_name(config.device)
     if config.threshold is not None and not 0 <= config.threshold <= 1:
         raise UsageError(f"threshold must be in [0, 1], got {config.threshold}")
     if not 0 < config.ema_decay < 1:
@@ -274,27 +285,77 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
+GROUPS = {  # --help's sections, in order; every field is in exactly one (test_cli_help checks it)
+    "model": ("task", "model", "fallback_model", "model_overrides", "trust_remote_code", "device"),
+    "data": ("data", "data_cache", "builtin_num_train", "builtin_num_val", "train_split", "eval_split",
+             "invalid_records", "max_train_samples", "max_eval_samples"),
+    "images": ("image_size", "max_size", "scales", "horizontal_flip", "random_crop", "color_jitter", "transforms",
+               "augment"),
+    "schedule": ("epochs", "max_steps", "max_train_minutes", "schedule", "lr_drop_epoch", "lr_gamma",
+                 "warmup_steps", "patience"),
+    "optimisation": ("batch_size", "gradient_accumulation_steps", "lr", "lr_backbone_mult", "lr_linear_proj_mult",
+                     "weight_decay", "clip_grad_norm", "backbone_policy", "ema", "ema_decay", "mixed_precision",
+                     "memory_savers", "num_workers", "seed"),
+    "evaluation": ("eval_batch_size", "eval_every", "drawings", "threshold"),
+    "output / sharing": ("output_dir", "overwrite_output_dir", "checkpoint_every", "keep_checkpoints", "report_to",
+                         "resume", "push_to_hub", "private"),
+    "segmentation (--task panoptic / instance)": ("freeze_detector", "cache_detector_outputs", "detector_step"),
+    "distillation": ("distill_from",),
+}
+METAVARS = {  # the written form of the options that are not one word or number
+    "model_overrides": "'{KEY: VALUE, ...}'", "detector_step": "'{KEY: VALUE, ...}'",
+    "scales": "'[EDGE, ...]'", "report_to": "'[NAME, ...]'",
+}
+
+
+def shown_default(f: dataclasses.Field) -> str:
+    """What --help says of a field's default: its value, "off" for None and False (booleans say on / off), or
+    nothing where the help text explains it (the values chosen for the run)."""
+    if "(default:" in f.metadata.get("help", ""):
+        return ""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if isinstance(default, bool):
+        return " (default: on)" if default else " (default: off)"
+    if default is None or default == {}:
+        return " (default: off)" if default is None else " (default: none)"
+    if isinstance(default, list):
+        return f" (default: {', '.join(map(str, default)) or 'none'})"
+    return f" (default: {default})"
+
+
+def add_field_option(group, f: dataclasses.Field) -> None:
+    """`--name VALUE` for a field; booleans also bare (`--ema`); flags default to None so that only the flags
+    actually given override the config file."""
+    is_bool = str(f.type).startswith("bool")
+    # choices shown, not enforced by argparse: `validate` refuses a wrong one in one line, from a file too
+    choices = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else None
+    group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                       metavar=choices or METAVARS.get(f.name, "BOOL" if is_bool else None),
+                       nargs="?" if is_bool else None, const="true" if is_bool else None,
+                       help=f.metadata.get("help", "") + shown_default(f))
+
+
 def argument_parser(description: str = "Train or fine-tune a DETR-family detector") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detrkit train", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Precedence: defaults < --config file < flags < --set. With neither --model nor --data the run is "
-               "the demo (scripts/configs/finetune_shapes_b.yaml). Add --debug to see a traceback on errors.")
+               "the demo (scripts/configs/finetune_shapes_b.yaml).\nBooleans: --ema, --ema true, --ema false. "
+               "Values are read as YAML: --model-overrides '{d_model: 128}', --scales '[128, 160]'.\n"
+               "Add --debug to see a traceback on errors.")
     parser.add_argument("--config", default=None,
-                        help="YAML or JSON file with any of the keys below (default: the demo file for the demo, "
-                             "none otherwise)")
+                        help="YAML or JSON file with any of the keys below, spelled with underscores (default: "
+                             "the demo file for the demo, none otherwise)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key (repeatable); dotted keys reach into dict fields")
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = "chosen for the run" if default is None else repr(default)
-        is_bool = str(f.type).startswith("bool")
-        # flags default to None so that only flags actually given override the config file
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                            metavar="BOOL" if is_bool else f.name.upper(),
-                            nargs="?" if is_bool else None, const="true" if is_bool else None,
-                            help=f"{f.metadata.get('help', '')} (default: {shown})".strip())
+                        help="override a key, value read as YAML (repeatable); dotted keys reach into dict "
+                             "fields: --set model_overrides.d_model=128 --set lr=2e-4")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for title, names in GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            add_field_option(group, fields[name])
     for old, new in ALIASES.items():
-        parser.add_argument(f"--{old.replace('_', '-')}", dest=new, default=None, help=argparse.SUPPRESS)
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=new, default=None, nargs="?", const="true",
+                            help=argparse.SUPPRESS)
     return parser
 
 

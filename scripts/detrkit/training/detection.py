@@ -118,13 +118,13 @@ def export_run(config: TrainConfig, accelerator: Accelerator, trained: Trained, 
                          accelerator.num_processes)
         usual_permissions(export)
         print(format_table(metrics))
-        if config.predictions_image:
+        if config.drawings:
             from detrkit.inference.drawing import draw_eval_predictions
 
             draw_eval_predictions(trained.model, loaded.processor, data, output / "predictions.png",
                                   threshold=config.threshold, device=accelerator.device)
         print(f"wrote {output}/: metrics.json, model/, training.png, history.jsonl"
-              + (", predictions.png" if config.predictions_image else ""))
+              + (", predictions.png" if config.drawings else ""))
         if config.push_to_hub:
             from .sharing import push_folder
 

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from detrkit.inference.loading import looks_like_path
+from detrkit.inference.model_folder import check_weights_file, default_processor, has_processor
 
 from .config import TrainConfig, load_config_file, repo_path
+from .load_report import hold_load_report
 
 if TYPE_CHECKING:
     from detrkit.families import ModelFamily
@@ -162,27 +164,31 @@ def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
 
 
 def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedModel:
-    from transformers import AutoImageProcessor
-
     _modeling()  # registers detrkit's Auto classes
     remote = {"trust_remote_code": True} if config.trust_remote_code else {}
     checkpoint_config = load_checkpoint_config(spec, remote)
     family = family_of_type(checkpoint_config.model_type)
     policy = resolve_policy(config.backbone_policy, pretrained=True)
-    try:
-        processor = AutoImageProcessor.from_pretrained(spec, **remote)
-        if not hasattr(processor, "post_process_object_detection"):
-            raise TypeError
-    except (OSError, ValueError, TypeError):
-        processor = None
+    folder = Path(spec) if Path(spec).exists() else None
+    if folder is not None:
+        check_weights_file(folder, f"--model {spec}")
+    processor = checkpoint_processor(spec, folder, remote)
     processor_size = dict(processor.size) if processor is not None and getattr(processor, "size", None) else None
+    if processor is None:  # train sizes its own processor anyway: the family's default will do, announced
+        processor = default_processor(family, f"--model {spec}")
     processor = make_processor(family, config, processor)
 
     def build(id2label, log):
         cls = family.detection_class
         same_labels = {int(k): v for k, v in checkpoint_config.id2label.items()} == id2label
-        model, info = cls.from_pretrained(spec, **overrides, **policy_overrides(policy), **label_kwargs(id2label),
-                                          ignore_mismatched_sizes=not same_labels, output_loading_info=True)
+        # id2label alone sets num_labels: passing num_labels too makes transformers warn that it disagrees with
+        # the checkpoint's own id2label, before ours replaces it
+        labels = {k: v for k, v in label_kwargs(id2label).items() if k != "num_labels"}
+        with hold_load_report() as release_report:
+            model, info = cls.from_pretrained(spec, **overrides, **policy_overrides(policy), **labels,
+                                              ignore_mismatched_sizes=not same_labels, output_loading_info=True)
+            release_report(only_head=not info.get("unexpected_keys")
+                           and not reinitialised_besides_head(info, allow_head=not same_labels))
         check_loading(info, spec, allow_head=not same_labels)
         head = "kept" if same_labels else f"new class head for {len(id2label)} classes (was " \
                                           f"{len(checkpoint_config.id2label)})"
@@ -193,6 +199,20 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
     hub_id = None if Path(spec).exists() else spec
     loaded = LoadedModel(family, spec, processor, build=build, processor_size=processor_size, hub_id=hub_id)
     return loaded
+
+
+def checkpoint_processor(spec: str, folder: Path | None, remote: dict):
+    """The checkpoint's own detection processor, or None where it has none (a folder without
+    preprocessor_config.json, a Hub repository whose processor cannot be loaded or does not detect)."""
+    from transformers import AutoImageProcessor
+
+    if folder is not None and not has_processor(folder):
+        return None
+    try:
+        processor = AutoImageProcessor.from_pretrained(spec, **remote)
+    except (OSError, ValueError):
+        return None
+    return processor if hasattr(processor, "post_process_object_detection") else None
 
 
 def load_checkpoint_config(spec: str, remote: dict):
@@ -214,11 +234,15 @@ def load_checkpoint_config(spec: str, remote: dict):
 
 def check_loading(info: dict, spec: str, allow_head: bool) -> None:
     """Fail if anything but the class head was re-initialised (missing or shape-mismatched weights)."""
-    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
-    missing = list(info.get("missing_keys", []))
-    bad = [k for k in mismatched + missing if not (allow_head and any(h in k for h in HEAD_KEYS))]
+    bad = reinitialised_besides_head(info, allow_head)
     if bad:
         raise ValueError(f"loading {spec} would re-initialise {len(bad)} weight(s) besides the class head, e.g. "
                            f"{sorted(bad)[:8]}; the checkpoint does not match this architecture "
                            f"(check model_overrides)")
 
+
+def reinitialised_besides_head(info: dict, allow_head: bool) -> list[str]:
+    """The missing or shape-mismatched weights, less the class head's when a new head is expected."""
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
+    missing = list(info.get("missing_keys", []))
+    return [k for k in mismatched + missing if not (allow_head and any(h in k for h in HEAD_KEYS))]

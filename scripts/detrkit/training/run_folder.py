@@ -9,22 +9,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, parse_flag_from_env
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
 
 from detrkit.errors import UsageError
 
 from .checkpoint import read_index, resolve_resume
 from .config import TrainConfig, default_output_dir
+from .device import uses_cpu
 
 
 def make_accelerator(config: TrainConfig) -> tuple[TrainConfig, Accelerator]:
     """The run folder first (decided once and shared by every process), then the accelerator logging into it."""
     # the process group first, so that every process gets the main process's folder name; as AcceleratorState
     # would create it (ACCELERATE_USE_CPU: several CPU processes over gloo)
-    PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    cpu = uses_cpu(config)  # --device cpu or the launcher's ACCELERATE_USE_CPU
+    PartialState(cpu=cpu)
     config = resolve_output_dir(config)
     output = Path(config.output_dir)
     accelerator = Accelerator(
+        cpu=cpu,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.report_to or None,

@@ -16,8 +16,11 @@ from detrkit.cli.runner import run_command
 def main(argv: list[str] | None = None) -> int:
     def command(args):
         from .config import parse_config
+        from .device import select_device
 
-        train(parse_config(args))
+        config = parse_config(args)
+        select_device(config)  # before anything starts CUDA
+        train(config)
 
     return run_command("train", argv, command)
 

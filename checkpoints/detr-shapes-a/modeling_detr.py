@@ -1,0 +1,188 @@
+"""DETR: backbone -> transformer encoder-decoder -> class and box heads (Carion et al., 2020).
+
+Sub-module names equal the on-disk weight names of transformers' `DetrForObjectDetection` checkpoints
+(`model.backbone.conv_encoder.model.*`, `self_attn.out_proj`, `layers.N.fc1`, ...): transformers' v5 key renames
+for its own "DetrModel" are not applied to custom-code classes, so identical names make transformers checkpoints,
+our own save/load round trip and the trust_remote_code load all plain state-dict loads.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_detr import DetrConfig
+from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
+from .detr_transformer import Decoder, Encoder
+from .loss import SetCriterion, compute_set_loss
+from .position_encoding import build_position_encoding
+
+
+@dataclass
+class DetrModelOutput(ModelOutput):
+    """
+    last_hidden_state (B, Q, D): normalized output of the last decoder layer.
+    intermediate_hidden_states (L, B, Q, D): every decoder layer's normalized output (when `auxiliary_loss`).
+    encoder_last_hidden_state (B, HW, D): encoder memory. Hidden states / attentions: tuples, on request.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DetrObjectDetectionOutput(ModelOutput):
+    """
+    loss: weighted sum of the set losses (when `labels` are given); loss_dict: the unweighted terms.
+    logits (B, Q, num_labels + 1): class scores, the last one "no object".
+    pred_boxes (B, Q, 4): normalized (cx, cy, w, h) relative to each image's unpadded size.
+    auxiliary_outputs: [{"logits", "pred_boxes"}] of decoder layers 1..L-1 (with `auxiliary_loss` and labels).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    auxiliary_outputs: list[dict] | None = None
+    last_hidden_state: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class DetrPreTrainedModel(DetrFamilyPreTrainedModel):
+    config_class = DetrConfig
+    config: DetrConfig
+    _no_split_modules = ["ConvEncoder", "EncoderLayer", "DecoderLayer"]
+    model_card_template = "detr"  # model_cards/<name>.md
+
+
+class DetrModel(DetrPreTrainedModel):
+    """Backbone + transformer, without heads: returns the decoder's per-query embeddings."""
+
+    def __init__(self, config: DetrConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.position_embedding = build_position_encoding(config)
+        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        self.input_projection = nn.Conv2d(self.backbone.conv_encoder.channels[-1], config.d_model, kernel_size=1)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> DetrModelOutput | tuple:
+        """pixel_values (B, 3, H, W); pixel_mask (B, H, W), 1 on real pixels and 0 on padding (default: all real)."""
+        output_attentions, output_hidden_states = output_flags(self.config, output_attentions, output_hidden_states)
+        pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
+        batch_size = pixel_values.shape[0]
+
+        feature_map, mask = self.backbone(pixel_values, pixel_mask)[-1]  # C5: (B, C, h, w), (B, h, w)
+        pos = self.position_embedding(mask, dtype=pixel_values.dtype).flatten(2).transpose(1, 2)  # (B, hw, D)
+        src = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # (B, hw, D)
+        # without padding every key is valid: no mask lets SDPA pick its fastest kernel; traced and exported
+        # graphs keep the mask, as the test depends on the data and the graph must serve padded inputs too
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        key_padding_mask = mask.flatten(1) if tracing or not bool(mask.all()) else None
+
+        memory, encoder_hidden_states, encoder_attentions = self.encoder(
+            src, pos, key_padding_mask, output_attentions, output_hidden_states
+        )
+        query_pos = self.query_position_embeddings.weight[None].expand(batch_size, -1, -1)
+        output, intermediate, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
+            torch.zeros_like(query_pos),
+            memory,
+            pos,
+            query_pos,
+            key_padding_mask,
+            return_intermediate=self.config.auxiliary_loss,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return DetrModelOutput(
+            last_hidden_state=output,
+            intermediate_hidden_states=intermediate,
+            decoder_hidden_states=decoder_hidden_states,
+            decoder_attentions=decoder_attentions,
+            cross_attentions=cross_attentions,
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attentions=encoder_attentions,
+        )
+
+
+class DetrForObjectDetection(DetrPreTrainedModel):
+    """DETR with the class head (num_labels + "no object") and the 3-layer box FFN; computes the set loss when
+    `labels` (transformers format: [{"class_labels": (T,), "boxes": (T, 4) normalized cxcywh}]) are given."""
+
+    def __init__(self, config: DetrConfig):
+        super().__init__(config)
+        self.model = DetrModel(config)
+        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
+        self.bbox_predictor = MLP(config.d_model, config.d_model, 4, num_layers=3)
+        self.post_init()
+
+    def _heads(self, hidden_states):
+        return self.class_labels_classifier(hidden_states), self.bbox_predictor(hidden_states).sigmoid()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> DetrObjectDetectionOutput | tuple:
+        outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
+        logits, pred_boxes = self._heads(outputs.last_hidden_state)
+
+        loss = loss_dict = auxiliary_outputs = None
+        if labels is not None:
+            predictions = {"logits": logits, "pred_boxes": pred_boxes}
+            if self.config.auxiliary_loss:
+                aux_logits, aux_boxes = self._heads(outputs.intermediate_hidden_states[:-1])
+                auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(aux_logits, aux_boxes)]
+                predictions["auxiliary_outputs"] = auxiliary_outputs
+            loss, loss_dict = compute_set_loss(SetCriterion.from_config(self.config), predictions, labels)
+
+        return DetrObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=logits,
+            pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+
+__all__ = [
+    "DetrPreTrainedModel",
+    "DetrModel",
+    "DetrForObjectDetection",
+    "DetrModelOutput",
+    "DetrObjectDetectionOutput",
+    "MLP",
+]
