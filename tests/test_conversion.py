@@ -258,7 +258,7 @@ def test_detr_round_trip_through_save_pretrained(tmp_path):
 def test_zoo_architecture_card_has_paper_figures_and_model_index(tmp_path):
     import yaml
 
-    from detrkit.conversion.model_card import write_official_model_card
+    from detrkit.conversion.official_card import write_official_model_card
     from detrkit.modeling import config_from_preset
 
     model = DetrForObjectDetection(config_from_preset("detr-resnet-50-dc5"))

@@ -192,7 +192,7 @@ def test_card_metadata_names_base_model_datasets_and_metrics(tmp_path):
 
     from huggingface_hub import metadata_load
 
-    from detrkit.training.model_card import write_model_card
+    from detrkit.training.run_card import write_run_card
 
     (tmp_path / "run" / "model").mkdir(parents=True)
     card = tmp_path / "run" / "model" / "README.md"
@@ -203,7 +203,7 @@ def test_card_metadata_names_base_model_datasets_and_metrics(tmp_path):
     loaded = SimpleNamespace(source="facebook/detr-resnet-50", hub_id="facebook/detr-resnet-50", backbone_note="x")
     data = SimpleNamespace(id2label={0: "Coverall", 1: "Mask"}, train=[0] * 10, eval_records=[0] * 4)
     metrics = {"map": 0.25, "map_50": 0.5, "map_75": 0.2, "map_small": -1.0, "map_medium": 0.1, "map_large": 0.3}
-    write_model_card(card.parent, config, loaded, data, metrics, [{"epoch": 1, "train_loss": 2.0, "map": 0.25}])
+    write_run_card(card.parent, config, loaded, data, metrics, [{"epoch": 1, "train_loss": 2.0, "map": 0.25}])
     meta = metadata_load(card)
     assert meta["license"] == "apache-2.0" and meta["tags"] == ["detrkit"]  # the template's header is kept
     assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "object-detection")

@@ -7,7 +7,7 @@ from detrkit.processing import DeformableDetrImageProcessor, DetrImageProcessor
 
 from .checkpoint_file import CheckpointError, OfficialCheckpoint, load_official_checkpoint
 from .key_mapping import check_complete, check_tied_copies, rename_state_dict
-from .model_card import write_official_model_card
+from .official_card import write_official_model_card
 from .official_deformable_detr import deformable_config_kwargs, deformable_rules, tied_copies
 from .official_detr import (
     detector_part,

@@ -18,7 +18,7 @@ segmentation.py       --task panoptic|instance: the paper's two steps (detector,
 segmentation_data.py / segmentation_model.py / segmentation_evaluation.py / panoptic_drawing.py   its parts
 frozen_detector_cache.py   the mask-head step's batches: the frozen detector's outputs, computed once
 history.py            metrics JSONL + loss/mAP plot
-model_card.py         the exported card: measured metrics, base_model, datasets, model-index
+run_card.py           the exported model card of a run: measured metrics, base_model, datasets, model-index
 sharing.py            --push-to-hub
 hf_trainer.py         transformers' Trainer with detrkit's data and metric
 """

@@ -21,7 +21,7 @@ from .distillation import build_distiller
 from .history import read_history
 from .loop import Trained, fit
 from .memory_savers import apply_memory_savers, memory_savers_wanted
-from .model_card import write_model_card
+from .run_card import write_run_card
 from .models import load_model
 from .run_folder import make_accelerator
 from .sampling import EpochShuffleSampler, SeededAugmentation
@@ -114,7 +114,7 @@ def export_run(config: TrainConfig, accelerator: Accelerator, trained: Trained, 
         trained.model.save_pretrained(export)
         loaded.processor.save_pretrained(export)
         write_metrics(output / "metrics.json", metrics, data, trained)
-        write_model_card(export, config, loaded, data, metrics, read_history(output / "history.jsonl"),
+        write_run_card(export, config, loaded, data, metrics, read_history(output / "history.jsonl"),
                          accelerator.num_processes)
         usual_permissions(export)
         print(format_table(metrics))

@@ -51,7 +51,7 @@ COCO metrics of this checkpoint ({config.eval_split} split, pycocotools COCOeval
 """
 
 
-def write_model_card(folder: str | Path, config, loaded, data, metrics: dict, history: list[dict],
+def write_run_card(folder: str | Path, config, loaded, data, metrics: dict, history: list[dict],
                      world_size: int = 1) -> Path:
     path = Path(folder) / "README.md"
     card = path.read_text(encoding="utf-8") if path.exists() else "# DETR-family detector\n"
