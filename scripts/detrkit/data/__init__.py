@@ -65,12 +65,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = [
-    "AugmentationConfig", "RandomSizeCrop", "augment", "detr_train_transforms", "DetectionCollator", "Categories",
-    "DetectionData", "DetectionRecord", "InvalidDatasetError", "Problem", "load_coco", "load_detection_data",
-    "load_hf_dataset", "load_imagefolder", "load_voc", "load_yolo", "discover_splits", "SplitNotFoundError",
-    "RecordTable", "DetectionDataset", "SkippedImages", "open_image", "BUILTIN_DATASETS", "BuiltinDataset",
-    "builtin_categories", "write_builtin_dataset", "InvalidPanopticDataError", "PanopticData", "PanopticRecord",
-    "PanopticDataset", "horizontal_flip", "load_coco_panoptic", "load_hf_panoptic", "semantic_map_to_panoptic",
-    "BUILTIN_PANOPTIC_DATASETS", "BuiltinPanopticDataset", "write_builtin_panoptic_dataset",
-]
+__all__ = list(_EXPORTS)

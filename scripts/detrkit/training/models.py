@@ -103,7 +103,9 @@ def apply_backbone_policy(model: torch.nn.Module, policy: str) -> str:
 
 
 def label_kwargs(id2label: dict) -> dict:
-    return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}, "num_labels": len(id2label)}
+    """The label map as config kwargs. num_labels follows from id2label: passing it too makes transformers warn
+    that it disagrees with a checkpoint's own id2label, before ours replaces it."""
+    return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
 
 def load_model(config: TrainConfig, log=print) -> LoadedModel:
@@ -181,11 +183,8 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
     def build(id2label, log):
         cls = family.detection_class
         same_labels = {int(k): v for k, v in checkpoint_config.id2label.items()} == id2label
-        # id2label alone sets num_labels: passing num_labels too makes transformers warn that it disagrees with
-        # the checkpoint's own id2label, before ours replaces it
-        labels = {k: v for k, v in label_kwargs(id2label).items() if k != "num_labels"}
         with hold_load_report() as release_report:
-            model, info = cls.from_pretrained(spec, **overrides, **policy_overrides(policy), **labels,
+            model, info = cls.from_pretrained(spec, **overrides, **policy_overrides(policy), **label_kwargs(id2label),
                                               ignore_mismatched_sizes=not same_labels, output_loading_info=True)
             release_report(only_head=not info.get("unexpected_keys")
                            and not reinitialised_besides_head(info, allow_head=not same_labels))
@@ -196,8 +195,8 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
         log(f"model: {spec}; {head}; backbone {loaded.backbone_note}")
         return model
 
-    hub_id = None if Path(spec).exists() else spec
-    loaded = LoadedModel(family, spec, processor, build=build, processor_size=processor_size, hub_id=hub_id)
+    loaded = LoadedModel(family, spec, processor, build=build, processor_size=processor_size,
+                         hub_id=None if folder else spec)
     return loaded
 
 

@@ -78,18 +78,34 @@ class StreamShuffleSampler(Sampler[int]):
     def __init__(self, num_samples: int, seed: int, iterators_per_epoch: int = 1):
         self.num_samples, self.seed, self.epoch = num_samples, seed, 0
         self.iterators_per_epoch = iterators_per_epoch
+        self.next_epoch_stream = None  # (epoch, generator state at its start): epochs in turn replay nothing
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        stream = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.epoch):  # the draws of the epochs before, in the loader's order
+        stream = self.stream_at(self.epoch)
+        self._worker_seeds(stream)
+        order = torch.randperm(self.num_samples, generator=stream)
+        torch.randperm(self.num_samples, generator=stream)  # the remainder's, drawn once the epoch is exhausted
+        self.next_epoch_stream = (self.epoch + 1, stream.get_state())
+        return iter(order.tolist())
+
+    def stream_at(self, epoch: int) -> torch.Generator:
+        """The loader's generator as epoch `epoch` starts: continued from the last epoch drawn, or replayed from
+        the seed (a resumed run)."""
+        stream = torch.Generator()
+        start = 0
+        if self.next_epoch_stream is not None and self.next_epoch_stream[0] <= epoch:
+            start = self.next_epoch_stream[0]
+            stream.set_state(self.next_epoch_stream[1])
+        else:
+            stream.manual_seed(self.seed)
+        for _ in range(start, epoch):  # the draws of the epochs before, in the loader's order
             self._worker_seeds(stream)
             torch.randperm(self.num_samples, generator=stream)
             torch.randperm(self.num_samples, generator=stream)
-        self._worker_seeds(stream)
-        return iter(torch.randperm(self.num_samples, generator=stream).tolist())
+        return stream
 
     def _worker_seeds(self, stream: torch.Generator) -> None:
         for _ in range(self.iterators_per_epoch):
