@@ -29,6 +29,7 @@ from detrkit.cli.device import check_device_name
 from detrkit.errors import UsageError
 
 from ..checkout import checkout_root
+from .recipes import DEFAULT_RECIPE, RECIPES
 
 if TYPE_CHECKING:  # the table imports the models; the config stays light for --help
     from detrkit.families import ModelFamily
@@ -70,6 +71,10 @@ class TrainConfig:
                                               "define the architecture (trained from scratch)")
     model_overrides: dict = option(help="config kwargs of a preset, or from_pretrained kwargs of a checkpoint",
                                    factory=dict)
+    recipe: str = option(DEFAULT_RECIPE, "named training recipe, model config fields that model_overrides "
+                                         "override (training/recipes.py): 'paper' as the papers train; 'fast' "
+                                         "adds denoising, one-to-many matching and DINO's query tricks; the others "
+                                         "one change alone")
     trust_remote_code: bool = option(False, "allow a Hub model's own Python code to run (only for repositories "
                                             "you trust)")
     device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: what accelerate chooses: the GPU(s) when "
@@ -159,7 +164,7 @@ class TrainConfig:
 CHOICES = {"invalid_records": ("skip", "raise"), "schedule": ("step", "cosine"),
            "task": ("detection", "panoptic", "instance"),
            "backbone_policy": ("auto", "pretrained", "scratch"), "mixed_precision": ("no", "bf16", "fp16"),
-           "memory_savers": ("auto", "on", "off")}
+           "memory_savers": ("auto", "on", "off"), "recipe": tuple(RECIPES)}
 AT_LEAST = {"epochs": 1, "max_steps": 1, "batch_size": 1, "eval_batch_size": 1, "gradient_accumulation_steps": 1,
             "image_size": 1, "max_size": 1, "max_train_samples": 1, "max_eval_samples": 1, "builtin_num_train": 1,
             "builtin_num_val": 1, "lr": 0, "lr_drop_epoch": 0, "num_workers": 0, "eval_every": 0,
@@ -286,7 +291,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 GROUPS = {  # --help's sections, in order; every field is in exactly one (test_cli_help checks it)
-    "model": ("task", "model", "fallback_model", "model_overrides", "trust_remote_code", "device"),
+    "model": ("task", "model", "fallback_model", "model_overrides", "recipe", "trust_remote_code", "device"),
     "data": ("data", "data_cache", "builtin_num_train", "builtin_num_val", "train_split", "eval_split",
              "invalid_records", "max_train_samples", "max_eval_samples"),
     "images": ("image_size", "max_size", "scales", "horizontal_flip", "random_crop", "color_jitter", "transforms",

@@ -65,7 +65,7 @@ def prepare_run(config: TrainConfig):
     data = load_data(config, loaded.processor, log=accelerator.print)
     model = loaded.adapt_to_labels(data.id2label, log=accelerator.print)
     config, data_notes = resolve_for_data(config, loaded.family, len(data.train), loaded.pretrained)
-    return config, accelerator, loaded, data, model, notes + model_notes + data_notes
+    return config, accelerator, loaded, data, model, notes + [loaded.recipe_note] + model_notes + data_notes
 
 
 def is_builtin(data: str) -> bool:

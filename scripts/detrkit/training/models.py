@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -24,6 +25,7 @@ from detrkit.inference.model_folder import check_weights_file, default_processor
 
 from .config import TrainConfig, load_config_file, repo_path
 from .load_report import hold_load_report
+from .recipes import recipe_overrides
 
 if TYPE_CHECKING:
     from detrkit.families import ModelFamily
@@ -71,6 +73,7 @@ class LoadedModel:
     pretrained: bool = True  # weights (at least the backbone's) learned, not random
     processor_size: dict | None = None  # the checkpoint processor's own size, before `size_processor`
     hub_id: str | None = None  # the Hub repository it came from, for the card's base_model
+    recipe_note: str = ""  # which config fields --recipe set (recipes.py)
 
     def adapt_to_labels(self, id2label: dict, log=print) -> torch.nn.Module:
         return self.build({int(k): v for k, v in id2label.items()}, log)
@@ -118,10 +121,20 @@ def load_model(config: TrainConfig, log=print) -> LoadedModel:
             f"{config.fallback_model}; expect a much lower mAP; scripts/configs/pretrain_shapes_a.yaml makes it)")
         path = Path(spec)
     if spec in preset_names():
-        return from_preset(spec, overrides, config)
-    if not path.exists() and looks_like_path(spec):
+        loaded = from_preset(spec, overrides, config)
+    elif not path.exists() and looks_like_path(spec):
         raise FileNotFoundError(f"--model {spec}: no such folder (and not a preset: {', '.join(preset_names())})")
-    return from_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
+    else:
+        loaded = from_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
+    return loaded
+
+
+def with_recipe(config: TrainConfig, family: ModelFamily, model_config, overrides: dict,
+                checkpoint: bool) -> tuple[dict, str]:
+    """The user's overrides over the fields of the run's recipe, as config kwargs (a preset) or from_pretrained
+    kwargs (a checkpoint), and the note saying what the recipe set."""
+    fields, note = recipe_overrides(config.recipe, family.name, model_config, overrides, checkpoint=checkpoint)
+    return {**fields, **overrides}, note
 
 
 def fallback_spec(fallback: str) -> tuple[str, dict]:
@@ -148,6 +161,7 @@ def make_processor(family: ModelFamily, config: TrainConfig, base=None):
 def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     probe = preset_config(name, **overrides)
     family = family_of_type(probe.model_type)
+    overrides, recipe_note = with_recipe(config, family, probe, overrides, checkpoint=False)
     policy = resolve_policy(config.backbone_policy, bool(getattr(probe, "use_pretrained_backbone", False)))
 
     def build(id2label, log):
@@ -161,7 +175,8 @@ def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     pretrained_backbone = bool(getattr(probe, "use_pretrained_backbone", False))
     source = f"preset {name} (" + ("ImageNet backbone, random transformer" if pretrained_backbone
                                    else "random weights") + ")"
-    loaded = LoadedModel(family, source, make_processor(family, config), build=build, pretrained=pretrained_backbone)
+    loaded = LoadedModel(family, source, make_processor(family, config), build=build, pretrained=pretrained_backbone,
+                         recipe_note=recipe_note)
     return loaded
 
 
@@ -170,6 +185,8 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
     remote = {"trust_remote_code": True} if config.trust_remote_code else {}
     checkpoint_config = load_checkpoint_config(spec, remote)
     family = family_of_type(checkpoint_config.model_type)
+    effective = SimpleNamespace(**{**checkpoint_config.to_dict(), **overrides})  # the config it will load with
+    overrides, recipe_note = with_recipe(config, family, effective, overrides, checkpoint=True)
     policy = resolve_policy(config.backbone_policy, pretrained=True)
     folder = Path(spec) if Path(spec).exists() else None
     if folder is not None:
@@ -196,7 +213,7 @@ def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedMo
         return model
 
     loaded = LoadedModel(family, spec, processor, build=build, processor_size=processor_size,
-                         hub_id=None if folder else spec)
+                         hub_id=None if folder else spec, recipe_note=recipe_note)
     return loaded
 
 
