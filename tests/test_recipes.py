@@ -26,10 +26,10 @@ def deformable(**kwargs):
 
 def test_fast_sets_the_papers_fields_relative_to_the_model():
     fields, note = recipe_overrides("fast", "deformable_detr", deformable(with_box_refine=True))
-    assert fields == dict(num_denoising=100, contrastive_denoising=True, label_noise_ratio=0.5, box_noise_scale=0.4,
-                          num_queries_one_to_many=150, k_one_to_many=6, lambda_one_to_many=1.0,
+    assert fields == dict(num_denoising=30, contrastive_denoising=True, label_noise_ratio=0.5, box_noise_scale=0.4,
+                          num_queries_one_to_many=50, k_one_to_many=6, lambda_one_to_many=1.0,
                           look_forward_twice=True)
-    assert note.startswith("recipe fast: num_denoising=100") and "mixed_query_selection (does not apply)" in note
+    assert note.startswith("recipe fast: num_denoising=30") and "mixed_query_selection (does not apply)" in note
     # look-forward-twice needs box refinement, mixed query selection two-stage
     plain, _ = recipe_overrides("fast", "deformable_detr", deformable())
     assert "look_forward_twice" not in plain and "mixed_query_selection" not in plain
@@ -42,8 +42,7 @@ def test_fast_sets_the_papers_fields_relative_to_the_model():
 
 def test_detr_gets_dn_detr_and_nothing_deformable_only():
     fields, _ = recipe_overrides("fast", "detr", SimpleNamespace(num_queries=100))
-    assert fields == dict(num_denoising=100, denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2,
-                          box_noise_scale=0.4)
+    assert fields == dict(denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2, box_noise_scale=0.4)
     assert recipe_overrides("denoising", "detr", SimpleNamespace())[0] == fields
     with pytest.raises(UsageError, match="'one-to-many' does not apply to detr"):
         recipe_overrides("one-to-many", "detr", SimpleNamespace())
@@ -53,7 +52,7 @@ def test_each_change_alone():
     model = deformable(with_box_refine=True)
     assert set(recipe_overrides("denoising", "deformable_detr", model)[0]) == {
         "num_denoising", "contrastive_denoising", "label_noise_ratio", "box_noise_scale"}
-    assert recipe_overrides("one-to-many", "deformable_detr", model)[0]["num_queries_one_to_many"] == 150
+    assert recipe_overrides("one-to-many", "deformable_detr", model)[0]["num_queries_one_to_many"] == 50
     assert recipe_overrides("look-forward-twice", "deformable_detr", model)[0] == {"look_forward_twice": True}
     assert recipe_overrides("varifocal", "deformable_detr", model)[0] == {"classification_loss": "varifocal"}
 
@@ -70,7 +69,7 @@ def test_paper_sets_nothing_but_switches_off_what_a_checkpoint_was_trained_with(
 def test_explicit_model_overrides_win():
     fields, note = recipe_overrides("fast", "deformable_detr", deformable(), {"num_denoising": 20, "k_one_to_many": 2})
     assert "num_denoising" not in fields and "k_one_to_many" not in fields
-    assert "num_denoising (model_overrides)" in note and fields["num_queries_one_to_many"] == 150
+    assert "num_denoising (model_overrides)" in note and fields["num_queries_one_to_many"] == 50
 
 
 def test_unknown_recipe_lists_the_names():
@@ -93,20 +92,19 @@ def load(model: str, recipe: str, **overrides):
 
 def test_fields_reach_a_preset_model():
     model, note = load("deformable-detr", "fast", **TINY)
-    assert model.config.num_denoising == 100 and model.config.num_queries_one_to_many == 30
+    assert model.config.num_denoising == 30 and model.config.num_queries_one_to_many == 10
     assert model.config.look_forward_twice is False  # no box refinement in this preset
-    assert note.startswith("recipe fast: num_denoising=100")
+    assert note.startswith("recipe fast: num_denoising=30")
     assert load("deformable-detr", "fast", **TINY, num_denoising=7)[0].config.num_denoising == 7
     detr, _ = load("detr-resnet-50", "fast", **TINY)
-    assert (detr.config.num_denoising, detr.config.denoising_groups, detr.config.contrastive_denoising) == (100, 5,
-                                                                                                            False)
+    assert (detr.config.denoising_groups, detr.config.contrastive_denoising) == (5, False)
     assert load("deformable-detr", "paper", **TINY)[0].config.num_denoising == 0
 
 
 @pytest.mark.skipif(not (CHECKPOINT / "model.safetensors").exists(), reason="demo checkpoint not in this checkout")
 def test_fields_reach_a_checkpoint_as_from_pretrained_kwargs():
     model, note = load(str(CHECKPOINT), "fast")  # the training-only queries are new, and allowed to be
-    assert (model.config.num_denoising, model.config.num_queries_one_to_many) == (100, 300)
+    assert (model.config.num_denoising, model.config.num_queries_one_to_many) == (30, 100)
     assert model.config.look_forward_twice is True  # the shipped model refines its boxes
     assert note.startswith("recipe fast:")
 
@@ -127,7 +125,7 @@ def test_quick_benchmark_table_plot_and_exported_configs(tmp_path):
     report = json.loads((out / "finetune-shapes-b" / "convergence.json").read_text())["results"]
     assert [p["epoch"] for p in report["fast"]["curve"]] == [1, 2]
     assert report["fast"]["cpu_minutes"] > 0 and report["fast"]["images_per_second"] > 0
-    for recipe, denoising in (("paper", 0), ("fast", 100)):
+    for recipe, denoising in (("paper", 0), ("fast", 30)):
         exported = json.loads((out / "finetune-shapes-b" / recipe / "model" / "config.json").read_text())
         assert exported["num_denoising"] == denoising
 

@@ -60,12 +60,15 @@ def validate_labels(labels, batch_size: int, num_classes: int):
 
 
 def _average_across_processes(num_boxes: float, device) -> float:
-    """Mean number of target boxes per process (at least 1): every process normalizes by the same count."""
+    """Mean number of target boxes per process: every process normalizes by the same count. The total is clamped
+    to at least 1 before dividing (the authors' code clamps the mean), so that a step with fewer boxes than
+    processes gives the gradient of one process with the whole batch, not a fraction of it."""
     count = torch.as_tensor([num_boxes], dtype=torch.float, device=device)
+    world_size = 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(count)
-        count /= torch.distributed.get_world_size()
-    return count.clamp(min=1).item()
+        world_size = torch.distributed.get_world_size()
+    return (count.clamp(min=1) / world_size).item()
 
 
 class SetCriterion(nn.Module):

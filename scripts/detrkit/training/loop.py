@@ -100,6 +100,8 @@ class TrainingLoop:
         """The state of the checkpoint resumed from, or a fresh one in a run folder cleared of an earlier run."""
         accelerator, state = self.accelerator, new_state()
         resume_from = resolve_resume(resume, self.checkpoints)
+        if accelerator.is_main_process:  # also when resuming another run's checkpoint into a new folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
             state.update(load_checkpoint(accelerator, resume_from))
             accelerator.print(f"{self.label}resumed from {resume_from}: epoch {state['epoch']}, "
@@ -107,7 +109,6 @@ class TrainingLoop:
             if accelerator.is_main_process:
                 truncate_history(self.history_file, state["epoch"])  # records of completed epochs only
         elif accelerator.is_main_process:  # a fresh run (run_folder.py allowed it): nothing earlier is resumable
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.checkpoints.exists():
                 accelerator.print(f"--overwrite-output-dir: deleting the earlier run's checkpoints in "
                                   f"{self.checkpoints}")

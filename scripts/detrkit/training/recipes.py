@@ -32,11 +32,12 @@ def only_if(flag: str, value: Any = True) -> Callable:
 
 
 # DINO's contrastive denoising (Deformable DETR) and DN-DETR's (DETR: 5 groups, no negatives, labels flipped with
-# probability 0.2); H-DETR's one-to-many branch (3 x the queries, targets x 6); DINO's query tricks.
-DINO_DENOISING = dict(num_denoising=100, contrastive_denoising=True, label_noise_ratio=0.5, box_noise_scale=0.4)
-DN_DETR_DENOISING = dict(num_denoising=100, denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2,
-                         box_noise_scale=0.4)
-ONE_TO_MANY = dict(num_queries_one_to_many=times_num_queries(3), k_one_to_many=6, lambda_one_to_many=1.0)
+# probability 0.2); H-DETR's one-to-many branch (targets x 6); DINO's query tricks. The query counts are smaller
+# than the papers' (DINO's 100 denoising queries, H-DETR's 5 x the queries), which they sized for COCO on GPUs:
+# every extra query costs CPU time in every decoder layer (docs/benchmarks.md, "Convergence").
+DINO_DENOISING = dict(num_denoising=30, contrastive_denoising=True, label_noise_ratio=0.5, box_noise_scale=0.4)
+DN_DETR_DENOISING = dict(denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2, box_noise_scale=0.4)
+ONE_TO_MANY = dict(num_queries_one_to_many=times_num_queries(1), k_one_to_many=6, lambda_one_to_many=1.0)
 LOOK_FORWARD_TWICE = dict(look_forward_twice=only_if("with_box_refine"))
 MIXED_QUERY_SELECTION = dict(mixed_query_selection=only_if("two_stage"))
 
