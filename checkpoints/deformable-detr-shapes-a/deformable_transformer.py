@@ -7,19 +7,13 @@ query (one-stage) or an encoder proposal box (two-stage), refined layer by layer
 refinement).
 """
 
-import math
-
 import torch
 from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention
 from .detr_transformer import TransformerLayer, layer_dropped, with_pos
 from .multihead_attention import MultiheadAttention
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+from .position_encoding import inverse_sigmoid
 
 
 def deformable_attention(config, num_heads: int, n_points: int) -> MultiScaleDeformableAttention:
@@ -58,10 +52,11 @@ class DeformableDecoderLayer(TransformerLayer):
         self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index,
-                memory_padding_mask=None, output_attentions=False, spatial_shapes_list=None):
-        """tgt, query_pos (B, Q, C); reference_points (B, Q, L, 2 or 4); memory (B, S, C)."""
+                memory_padding_mask=None, output_attentions=False, spatial_shapes_list=None, self_attention_mask=None):
+        """tgt, query_pos (B, Q, C); reference_points (B, Q, L, 2 or 4); memory (B, S, C); self_attention_mask
+        (Q, Q) True where a query may attend to another (training's extra queries), or None."""
         q = k = with_pos(tgt, query_pos)
-        attended, self_weights = self.self_attn(q, k, tgt, None, output_attentions)
+        attended, self_weights = self.self_attn(q, k, tgt, None, output_attentions, attention_mask=self_attention_mask)
         tgt = self.add_and_norm(tgt, attended, self.self_attn_layer_norm)
         attended, cross_weights = self.encoder_attn(
             tgt, reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask, query_pos=query_pos,
@@ -115,9 +110,10 @@ class DeformableEncoder(nn.Module):
 
 class DeformableDecoder(nn.Module):
     """Returns every layer's output and reference points. With box refinement, `bbox_embed` (one head per
-    layer, given by DeformableDetrModel) moves each layer's reference boxes; gradients do not flow
-    through the reference points (they are detached, as the paper). Two-stage adds `class_embed`, whose last
-    head scores the encoder proposals."""
+    layer, given by DeformableDetrModel) moves each layer's reference boxes; the next layer's input reference
+    points are detached, as the paper. With `look_forward_twice` (DINO) the returned ones are not: a layer's box
+    loss then also trains the previous layer's box head. Two-stage adds `class_embed`, whose last head scores
+    the encoder proposals."""
 
     def __init__(self, config, bbox_embed: nn.ModuleList | None = None, class_embed: nn.ModuleList | None = None):
         super().__init__()
@@ -125,11 +121,13 @@ class DeformableDecoder(nn.Module):
         self.layerdrop = config.decoder_layerdrop
         self.bbox_embed = bbox_embed
         self.class_embed = class_embed
+        self.look_forward_twice = config.look_forward_twice
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
                 memory_padding_mask=None, output_attentions=False, output_hidden_states=False,
-                spatial_shapes_list=None):
-        """tgt, query_pos (B, Q, C); reference_points (B, Q, 2 or 4) in [0, 1] of the valid image area.
+                spatial_shapes_list=None, self_attention_mask=None):
+        """tgt, query_pos (B, Q, C); reference_points (B, Q, 2 or 4) in [0, 1] of the valid image area;
+        self_attention_mask (Q, Q) bool True where a query may attend to another, or None.
         Returns stacked outputs (B, num_layers, Q, C), stacked reference points (B, num_layers, Q, 2 or 4),
         hidden states, self-attentions, cross-attentions."""
         intermediate, intermediate_reference_points = [], []
@@ -145,8 +143,9 @@ class DeformableDecoder(nn.Module):
             if not dropped:
                 tgt, (self_weights, cross_weights) = layer(
                     tgt, query_pos, reference_points_input, memory, spatial_shapes, level_start_index,
-                    memory_padding_mask, output_attentions, spatial_shapes_list,
+                    memory_padding_mask, output_attentions, spatial_shapes_list, self_attention_mask,
                 )
+            returned_reference_points = reference_points
             if self.bbox_embed is not None and not dropped:
                 delta = self.bbox_embed[idx](tgt)
                 if reference_points.shape[-1] == 4:
@@ -156,8 +155,9 @@ class DeformableDecoder(nn.Module):
                         [delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1
                     ).sigmoid()
                 reference_points = new_reference_points.detach()
+                returned_reference_points = new_reference_points if self.look_forward_twice else reference_points
             intermediate.append(tgt)
-            intermediate_reference_points.append(reference_points)
+            intermediate_reference_points.append(returned_reference_points)
             if output_hidden_states:
                 hidden_states += (tgt,)
             if output_attentions:
@@ -195,13 +195,3 @@ def encoder_output_proposals(memory: torch.Tensor, padding_mask: torch.Tensor, s
     usable = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True) & ~padding_mask[..., None]
     proposals = torch.log(proposals / (1 - proposals)).masked_fill(~usable, float("inf"))
     return memory.masked_fill(~usable, 0.0), proposals
-
-
-def proposal_position_embedding(proposals: torch.Tensor, num_pos_feats: int = 128, temperature: int = 10000):
-    """Sine embedding of each of the 4 box coordinates (sigmoid of the logits, scaled to [0, 2pi]):
-    (B, Q, 4) -> (B, Q, 4 * num_pos_feats). Computed in float32: temperature**k overflows in fp16."""
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
-    pos = proposals.sigmoid().float()[..., None] * (2 * math.pi) / dim_t  # (B, Q, 4, num_pos_feats)
-    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(2)
-    return pos.to(proposals.dtype)

@@ -76,13 +76,21 @@ class DetrFamilyPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # Hub checkpoints carry BatchNorm counters that frozen BatchNorm does not keep
     _keys_to_ignore_on_load_unexpected = [r"num_batches_tracked"]
+    # training-only parameters (training_queries.py) are never saved: a loaded model starts them afresh
+    _keys_to_ignore_on_load_missing = [r"(^|\.)training_queries\."]
     model_card_template = "detr"  # model_cards/<name>.md
 
     def _initialize_weights(self, module, is_custom_code=False):
         # For custom code transformers skips modules without parameters of their own (the attention modules,
         # the detection models), whose _init_weights sets their children (xavier attention, paper head inits).
         # Every init here goes through transformers.initialization, which leaves loaded weights alone.
-        super()._initialize_weights(module, is_custom_code=False)
+        stream = getattr(module, "training_only_stream", None)
+        if stream is None:
+            return super()._initialize_weights(module, is_custom_code=False)
+        # training-only modules (training_queries.py) draw from their own stream, the global one left untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 1 + stream)
+            super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module):

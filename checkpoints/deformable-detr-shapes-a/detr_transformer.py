@@ -102,14 +102,16 @@ class DecoderLayer(TransformerLayer):
         self.encoder_attn = MultiheadAttention(d_model, heads, config.attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, memory, pos=None, query_pos=None, memory_key_padding_mask=None, output_attentions=False):
-        """tgt, query_pos (B, Q, D); memory, pos (B, HW, D); memory_key_padding_mask (B, HW) True on valid.
-        Returns the new tgt and (self-attention weights, cross-attention weights) or Nones."""
+    def forward(self, tgt, memory, pos=None, query_pos=None, memory_key_padding_mask=None, output_attentions=False,
+                self_attention_mask=None):
+        """tgt, query_pos (B, Q, D); memory, pos (B, HW, D); memory_key_padding_mask (B, HW) True on valid;
+        self_attention_mask (Q, Q) bool True where a query may attend to another (training's denoising queries),
+        or None. Returns the new tgt and (self-attention weights, cross-attention weights) or Nones."""
         weights = {}
 
         def self_attend(x):
             q = k = with_pos(x, query_pos)
-            out, weights["self"] = self.self_attn(q, k, x, None, output_attentions)
+            out, weights["self"] = self.self_attn(q, k, x, None, output_attentions, attention_mask=self_attention_mask)
             return out
 
         def cross_attend(x):
@@ -167,8 +169,10 @@ class Decoder(nn.Module):
         return_intermediate=False,
         output_attentions=False,
         output_hidden_states=False,
+        self_attention_mask=None,
     ):
-        """Returns the normalized last output (B, Q, D), every layer's normalized output stacked
+        """self_attention_mask: (Q, Q) bool, True where a query may attend to another, or None (all).
+        Returns the normalized last output (B, Q, D), every layer's normalized output stacked
         (L, B, Q, D) when `return_intermediate`, hidden states, self- and cross-attentions."""
         intermediate = []
         hidden_states = (tgt,) if output_hidden_states else None
@@ -178,7 +182,7 @@ class Decoder(nn.Module):
             self_weights = cross_weights = None
             if not layer_dropped(self, self.layerdrop):
                 tgt, (self_weights, cross_weights) = layer(
-                    tgt, memory, pos, query_pos, memory_key_padding_mask, output_attentions
+                    tgt, memory, pos, query_pos, memory_key_padding_mask, output_attentions, self_attention_mask
                 )
             if return_intermediate:
                 # the normalized copy feeds the auxiliary heads; the next layer sees the raw output (paper code)

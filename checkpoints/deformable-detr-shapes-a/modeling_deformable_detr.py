@@ -21,16 +21,12 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_deformable_detr import DeformableDetrConfig
 from .deformable_attention import MultiScaleDeformableAttention
-from .deformable_transformer import (
-    DeformableDecoder,
-    DeformableEncoder,
-    encoder_output_proposals,
-    inverse_sigmoid,
-    proposal_position_embedding,
-)
+from .deformable_transformer import DeformableDecoder, DeformableEncoder, encoder_output_proposals
+from .denoising import DenoisingQueries, denoising_self_attention_mask, split_queries
 from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
-from .loss import SetCriterion, compute_set_loss
-from .position_encoding import build_position_encoding
+from .loss import SetCriterion, compute_set_loss, validate_labels
+from .position_encoding import box_position_embedding, build_position_encoding, inverse_sigmoid
+from .training_queries import TrainingQueries, ignored_on_save
 
 
 @dataclass
@@ -43,6 +39,9 @@ class DeformableDetrModelOutput(ModelOutput):
     encoder_last_hidden_state (B, S, C): encoder memory over the flattened levels.
     enc_outputs_class (B, S, num_labels), enc_outputs_coord_logits (B, S, 4): two-stage encoder proposals
         (scores, box logits) at every pixel of every level. Hidden states / attentions: tuples, on request.
+    training_queries: in training with labels, the decoder outputs of the extra queries by part ("denoising",
+        "one_to_many"): {"hidden" (B, layers, N, C), "init_reference_points", "intermediate_reference_points"};
+        the fields above hold the matching queries only.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -57,6 +56,7 @@ class DeformableDetrModelOutput(ModelOutput):
     intermediate_reference_points: torch.Tensor | None = None
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
+    training_queries: dict | None = None
 
 
 @dataclass
@@ -87,6 +87,7 @@ class DeformableDetrObjectDetectionOutput(ModelOutput):
     intermediate_reference_points: torch.Tensor | None = None
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
+    training_queries: dict | None = None
 
 
 class DeformableDetrPreTrainedModel(DetrFamilyPreTrainedModel):
@@ -197,6 +198,13 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             # each query: a positional half (-> reference point) and a content half
             self.query_position_embeddings = nn.Embedding(config.num_queries, d_model * 2)
             self.reference_points = nn.Linear(d_model, 2)
+        if config.mixed_query_selection:
+            self.query_content_embeddings = nn.Embedding(config.num_queries, d_model)
+        # last, so that every other parameter draws the same random init as without them
+        width = _one_to_many_width(config)
+        self.training_queries = (TrainingQueries(config, embeds_boxes=not config.two_stage, one_to_many_width=width)
+                                 if TrainingQueries.wanted(config, width) else None)
+        self._keys_to_ignore_on_save = ignored_on_save(self.training_queries)
         self.post_init()
 
     def _multi_scale_features(self, pixel_values, pixel_mask):
@@ -218,28 +226,56 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         valid_width = mask[:, 0, :].sum(1).to(torch.float32) / mask.shape[2]
         return torch.stack([valid_width, valid_height], -1)
 
-    def _two_stage_queries(self, memory, padding_mask, spatial_shapes):
-        """Score a proposal at every encoder pixel with the last class/box heads, keep the top-k as queries."""
+    def _learned_queries(self, batch_size: int, num_one_to_many: int):
+        """One-stage: learned (position, content) pairs, each position giving a reference point."""
+        weight = self.query_position_embeddings.weight
+        if num_one_to_many:
+            weight = torch.cat([weight, self.training_queries.one_to_many.weight])
+        query_pos, tgt = weight[None].expand(batch_size, -1, -1).split(self.config.d_model, dim=-1)
+        return query_pos, tgt, self.reference_points(query_pos).sigmoid()
+
+    def _two_stage_queries(self, memory, padding_mask, spatial_shapes, num_one_to_many: int = 0):
+        """Score a proposal at every encoder pixel with the last class/box heads, keep the top-k as queries (k
+        more for the one-to-many branch: top-k is sorted, so the matching queries are the same)."""
         object_query, proposals = encoder_output_proposals(memory, padding_mask, spatial_shapes)
         object_query = self.enc_output_norm(self.enc_output(object_query))
         enc_outputs_class = self.decoder.class_embed[-1](object_query)
         enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_query) + proposals
-        num_proposals = self.config.two_stage_num_proposals
+        num_proposals = self.config.two_stage_num_proposals + num_one_to_many
         if num_proposals > memory.shape[1]:
             raise ValueError(f"two_stage_num_proposals ({num_proposals}) exceeds the {memory.shape[1]} encoder "
                              f"positions of this input size {spatial_shapes}: use larger images or fewer proposals")
         topk = torch.topk(enc_outputs_class[..., 0], num_proposals, dim=1).indices
         topk_coords_logits = torch.gather(enc_outputs_coord_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
         reference_points = topk_coords_logits.sigmoid()
-        query_embed = self.pos_trans_norm(self.pos_trans(
-            proposal_position_embedding(topk_coords_logits, self.config.d_model // 2)
-        ))
-        query_pos, tgt = query_embed.split(self.config.d_model, dim=-1)
+        query_pos, tgt = self._proposal_queries(topk_coords_logits)
+        if self.config.mixed_query_selection:  # DINO: positions from the proposals, content learned
+            tgt = self.query_content_embeddings.weight
+            if num_one_to_many:
+                tgt = torch.cat([tgt, self.training_queries.one_to_many.weight])
+            tgt = tgt[None].expand(memory.shape[0], -1, -1)
         return query_pos, tgt, reference_points, enc_outputs_class, enc_outputs_coord_logits
 
+    def _proposal_queries(self, box_logits):
+        """Two-stage: a (position, content) pair from the sine embedding of each box."""
+        query_embed = self.pos_trans_norm(self.pos_trans(box_position_embedding(box_logits, self.config.d_model // 2)))
+        return query_embed.split(self.config.d_model, dim=-1)
+
+    def _denoising_inputs(self, denoising: DenoisingQueries):
+        """Denoising queries: content from the noised labels; position and reference from the noised boxes, the
+        way this variant's own queries get theirs (two-stage: like a proposal; one-stage: the box's embedding,
+        and its centre as the reference point, as a learned query's)."""
+        if self.config.two_stage:
+            query_pos, _ = self._proposal_queries(inverse_sigmoid(denoising.boxes))
+            return query_pos, denoising.content, denoising.boxes
+        query_pos = self.training_queries.box_query_position(denoising.boxes)
+        return query_pos, denoising.content, denoising.boxes[..., :2]
+
     @can_return_tuple
-    def forward(self, pixel_values, pixel_mask=None, output_attentions=None, output_hidden_states=None):
-        """pixel_values (B, 3, H, W); pixel_mask (B, H, W) 1 on image pixels, 0 on padding (default all 1)."""
+    def forward(self, pixel_values, pixel_mask=None, output_attentions=None, output_hidden_states=None,
+                labels=None):
+        """pixel_values (B, 3, H, W); pixel_mask (B, H, W) 1 on image pixels, 0 on padding (default all 1);
+        labels (training only, as the detection model takes them) feed the denoising queries."""
         output_attentions, output_hidden_states = output_flags(self.config, output_attentions, output_hidden_states)
         pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
         batch_size = pixel_values.shape[0]
@@ -267,21 +303,39 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             output_attentions, output_hidden_states, spatial_shapes_list,
         )
 
+        extra = self.training and labels is not None  # training's extra queries
+        num_one_to_many = self.config.num_queries_one_to_many if extra else 0
         enc_outputs_class = enc_outputs_coord_logits = None
         if self.config.two_stage:
             query_pos, tgt, reference_points, enc_outputs_class, enc_outputs_coord_logits = self._two_stage_queries(
-                memory, padding_mask, spatial_shapes_list
+                memory, padding_mask, spatial_shapes_list, num_one_to_many
             )
         else:
-            query_pos, tgt = self.query_position_embeddings.weight.split(self.config.d_model, dim=1)
-            query_pos = query_pos[None].expand(batch_size, -1, -1)
-            tgt = tgt[None].expand(batch_size, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()
+            query_pos, tgt, reference_points = self._learned_queries(batch_size, num_one_to_many)
+        denoising = self.training_queries.denoising_queries(labels, self.config) if extra and self.training_queries else None
+        if denoising is not None:
+            parts = zip(self._denoising_inputs(denoising), (query_pos, tgt, reference_points))
+            query_pos, tgt, reference_points = (torch.cat(pair, 1) for pair in parts)
+        sizes = {"denoising": len(denoising) if denoising else 0, "matching": self.config.two_stage_num_proposals
+                 if self.config.two_stage else self.config.num_queries, "one_to_many": num_one_to_many}
+        self_attention_mask = None
+        if sizes["denoising"] or num_one_to_many:
+            self_attention_mask = denoising_self_attention_mask(
+                sizes["denoising"], denoising.groups if denoising else 1, sizes["matching"], num_one_to_many,
+                device=tgt.device)
 
         hidden, references, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-            attention_padding_mask, output_attentions, output_hidden_states, spatial_shapes_list,
+            attention_padding_mask, output_attentions, output_hidden_states, spatial_shapes_list, self_attention_mask,
         )
+        training_queries = None
+        if denoising is not None or num_one_to_many:
+            if self.training_queries is not None:
+                hidden = hidden + self.training_queries.unused_parameters_term()
+            training_queries = _split_training_queries(hidden, reference_points, references, sizes, denoising)
+            matching = training_queries.pop("matching")
+            hidden, reference_points = matching["hidden"], matching["init_reference_points"]
+            references = matching["intermediate_reference_points"]
         return DeformableDetrModelOutput(
             init_reference_points=reference_points,
             last_hidden_state=hidden[:, -1],
@@ -295,7 +349,28 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             encoder_attentions=encoder_attentions,
             enc_outputs_class=enc_outputs_class,
             enc_outputs_coord_logits=enc_outputs_coord_logits,
+            training_queries=training_queries,
         )
+
+
+def _one_to_many_width(config) -> int:
+    """Width of H-DETR's learned one-to-many queries: a (position, content) pair one-stage, content only with
+    mixed query selection; two-stage proposals need none."""
+    if not config.num_queries_one_to_many or (config.two_stage and not config.mixed_query_selection):
+        return 0
+    return config.d_model if config.two_stage else 2 * config.d_model
+
+
+def _split_training_queries(hidden, init_reference_points, references, sizes: dict, denoising) -> dict:
+    """The decoder's outputs cut into [denoising | matching | one-to-many] parts (empty parts left out)."""
+    cut = {"hidden": split_queries(hidden, sizes, dim=2),
+           "init_reference_points": split_queries(init_reference_points, sizes, dim=1),
+           "intermediate_reference_points": split_queries(references, sizes, dim=2)}
+    parts = {part: {key: cut[key][part] for key in cut} for part in sizes
+             if sizes[part] or part == "matching" or (part == "denoising" and denoising is not None)}
+    if "denoising" in parts:
+        parts["denoising"]["layout"] = denoising.layout()
+    return parts
 
 
 class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
@@ -350,14 +425,40 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
     def forward(self, pixel_values, pixel_mask=None, labels=None, output_attentions=None,
                 output_hidden_states=None):
         """labels: optional list (one per image) of {"class_labels" (T,), "boxes" (T, 4) normalized cxcywh}."""
-        outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
-        hidden = outputs.intermediate_hidden_states  # (B, layers, Q, C)
+        if labels is not None:  # before the denoising queries are built from them
+            validate_labels(labels, pixel_values.shape[0], self.config.num_labels)
+        outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, labels=labels,
+                             return_dict=True)
+        outputs_class, outputs_coord = self._predict(
+            outputs.intermediate_hidden_states, outputs.init_reference_points, outputs.intermediate_reference_points)
+        logits, pred_boxes = outputs_class[-1], outputs_coord[-1]
+
+        loss = loss_dict = auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = _auxiliary(outputs_class, outputs_coord)
+        if labels is not None:
+            predictions = {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs}
+            if self.config.two_stage:
+                predictions["enc_outputs"] = {
+                    "logits": outputs.enc_outputs_class,
+                    "pred_boxes": outputs.enc_outputs_coord_logits.sigmoid(),
+                }
+            for part, decoded in (outputs.training_queries or {}).items():
+                predictions[part] = self._part_predictions(decoded)
+            criterion = SetCriterion.from_config(self.config, use_focal_loss=True)
+            loss, loss_dict = compute_set_loss(criterion, predictions, labels)
+
+        return DeformableDetrObjectDetectionOutput(
+            loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes,
+            auxiliary_outputs=auxiliary_outputs, **outputs,
+        )
+
+    def _predict(self, hidden, init_reference_points, intermediate_reference_points):
+        """Each decoder layer's class logits and boxes, the boxes relative to the reference points the layer
+        attended with (2-d points in the one-stage model's first layer, boxes once refined)."""
         outputs_class, outputs_coord = [], []
         for layer in range(hidden.shape[1]):
-            # each layer predicts relative to the reference points it attended with (2-d points in the
-            # one-stage model's first layer, boxes once refined)
-            reference = (outputs.init_reference_points if layer == 0
-                         else outputs.intermediate_reference_points[:, layer - 1])
+            reference = init_reference_points if layer == 0 else intermediate_reference_points[:, layer - 1]
             reference = inverse_sigmoid(reference)
             delta = self.bbox_embed[layer](hidden[:, layer])
             if reference.shape[-1] == 4:
@@ -366,25 +467,19 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
                 coord_logits = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             outputs_class.append(self.class_embed[layer](hidden[:, layer]))
             outputs_coord.append(coord_logits.sigmoid())
-        logits, pred_boxes = outputs_class[-1], outputs_coord[-1]
+        return outputs_class, outputs_coord
 
-        loss = loss_dict = auxiliary_outputs = None
-        if self.config.auxiliary_loss:
-            auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])]
-        if labels is not None:
-            predictions = {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary_outputs}
-            if self.config.two_stage:
-                predictions["enc_outputs"] = {
-                    "logits": outputs.enc_outputs_class,
-                    "pred_boxes": outputs.enc_outputs_coord_logits.sigmoid(),
-                }
-            criterion = SetCriterion.from_config(self.config, use_focal_loss=True)
-            loss, loss_dict = compute_set_loss(criterion, predictions, labels)
+    def _part_predictions(self, decoded: dict) -> dict:
+        """The set loss's view of one part of training's extra queries (denoising, one-to-many)."""
+        outputs_class, outputs_coord = self._predict(
+            decoded["hidden"], decoded["init_reference_points"], decoded["intermediate_reference_points"])
+        auxiliary = _auxiliary(outputs_class, outputs_coord) if self.config.auxiliary_loss else None
+        return {"logits": outputs_class[-1], "pred_boxes": outputs_coord[-1], "auxiliary_outputs": auxiliary,
+                **decoded.get("layout", {})}
 
-        return DeformableDetrObjectDetectionOutput(
-            loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes,
-            auxiliary_outputs=auxiliary_outputs, **outputs,
-        )
+
+def _auxiliary(outputs_class, outputs_coord) -> list[dict]:
+    return [{"logits": c, "pred_boxes": b} for c, b in zip(outputs_class[:-1], outputs_coord[:-1])]
 
 
 __all__ = ["DeformableDetrForObjectDetection", "DeformableDetrModel", "DeformableDetrPreTrainedModel"]

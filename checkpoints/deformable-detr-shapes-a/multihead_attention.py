@@ -35,13 +35,17 @@ class MultiheadAttention(nn.Module):
         value: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query (B, Lq, D), key/value (B, Lk, D), key_padding_mask (B, Lk) bool True on valid keys or None.
+        """query (B, Lq, D), key/value (B, Lk, D), key_padding_mask (B, Lk) bool True on valid keys or None,
+        attention_mask (Lq, Lk) bool True where a query may attend to a key, or None.
         Returns the output (B, Lq, D) and, if requested, the weights (B, H, Lq, Lk)."""
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        if attention_mask is not None:
+            attn_mask = attention_mask if attn_mask is None else attn_mask & attention_mask
         dropout = self.dropout if self.training else 0.0
         weights = None
         if output_attentions:

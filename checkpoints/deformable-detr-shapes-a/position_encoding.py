@@ -71,3 +71,20 @@ def build_position_encoding(config, sine_offset: float = 0.0) -> nn.Module:
     if config.position_embedding_type == "learned":
         return PositionEmbeddingLearned(num_pos_feats)
     raise ValueError(f"unknown position_embedding_type {config.position_embedding_type!r}")
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Normalized box coordinates -> logits, the ends clamped (Deformable DETR's eps)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def box_position_embedding(boxes: torch.Tensor, num_pos_feats: int = 128, temperature: int = 10000):
+    """Sine embedding of each of the 4 coordinates of boxes given as logits (inverse sigmoid of cxcywh): the
+    sigmoid scaled to [0, 2pi], as two-stage Deformable DETR embeds its proposals and DAB-/DN-DETR their anchors:
+    (B, Q, 4) -> (B, Q, 4 * num_pos_feats). Computed in float32: temperature**k overflows in fp16."""
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=boxes.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    pos = boxes.sigmoid().float()[..., None] * (2 * math.pi) / dim_t  # (B, Q, 4, num_pos_feats)
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(2)
+    return pos.to(boxes.dtype)

@@ -18,6 +18,8 @@ class DetrConfig(DetrBaseConfig):
             rounds, fewer and larger clusters).
         act_bucket_width (`float`): ACT's E2LSH bucket width r (the official code's 8).
         act_seed (`int`): seed of ACT's hash projections, so the same image gives the same detections.
+    Denoising defaults are DN-DETR's (no negatives, labels flipped with probability 0.2): DETR's softmax loss
+    learns only from the positive denoising queries.
     """
 
     model_type = "detrkit_detr"
@@ -28,6 +30,8 @@ class DetrConfig(DetrBaseConfig):
     act_hash_rounds: int = 24
     act_bucket_width: float = 8.0
     act_seed: int = 0
+    label_noise_ratio: float = 0.2
+    contrastive_denoising: bool = False
 
 
 __all__ = ["DetrConfig"]

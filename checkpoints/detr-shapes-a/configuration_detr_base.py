@@ -37,6 +37,17 @@ class DetrBaseConfig(PreTrainedConfig):
     Loss (transformers' names): auxiliary_loss, class_cost, bbox_cost, giou_cost, bbox_loss_coefficient,
         giou_loss_coefficient, eos_coefficient, mask_loss_coefficient and dice_loss_coefficient (used by a mask
         head only).
+    Denoising training (DN-DETR, Li et al. 2022; DINO, Zhang et al. 2023; RT-DETR's names). Training only: the
+    extra queries and their parameters never reach inference, export or a saved checkpoint.
+        num_denoising (`int`): positive denoising queries per image (DINO's dn_number); the ground truth is noised
+            in max(1, num_denoising // most boxes of an image in the batch) groups. 0 turns denoising off.
+        denoising_groups (`int`): a fixed number of groups instead (DN-DETR's "scalar"); 0 uses the budget above.
+        label_noise_ratio (`float`): labels are flipped to a random class with probability label_noise_ratio / 2
+            (contrastive, DINO's code) or label_noise_ratio (DN-DETR).
+        box_noise_scale (`float`): boxes move by up to this fraction of their size: DINO's corners (negatives
+            by 1-2x it), DN-DETR's centre (half the size) and size.
+        contrastive_denoising (`bool`): DINO's negatives, noised further than the positives, which must predict
+            "no object"; False is DN-DETR (positives only).
     """
 
     attribute_map = {
@@ -89,6 +100,16 @@ class DetrBaseConfig(PreTrainedConfig):
     bbox_loss_coefficient: float = 5
     giou_loss_coefficient: float = 2
     eos_coefficient: float = 0.1
+    # denoising training
+    num_denoising: int = 0
+    denoising_groups: int = 0
+    label_noise_ratio: float = 0.5
+    box_noise_scale: float = 0.4
+    contrastive_denoising: bool = True
+
+    @property
+    def uses_denoising(self) -> bool:
+        return self.num_denoising > 0 or self.denoising_groups > 0
 
     def __post_init__(self, **kwargs):
         # a transformers config.json says "detr"; the class attribute, not the file, names this config
@@ -112,6 +133,9 @@ class DetrBaseConfig(PreTrainedConfig):
         for name in ("num_queries", "encoder_layers", "decoder_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_denoising", "denoising_groups", "label_noise_ratio", "box_noise_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("encoder_layerdrop", "decoder_layerdrop", "dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")

@@ -1,5 +1,9 @@
 """DETR: backbone -> transformer encoder-decoder -> class and box heads (Carion et al., 2020).
 
+In training, DN-DETR's denoising queries (Li et al., 2022; `config.denoising_groups`, denoising.py) can join
+the object queries: noised copies of the ground truth to reconstruct. They and their parameters
+(`training_queries`) exist only in training: inference, export and saved checkpoints are the paper's DETR.
+
 Sub-module names equal the on-disk weight names of transformers' `DetrForObjectDetection` checkpoints
 (`model.backbone.conv_encoder.model.*`, `self_attn.out_proj`, `layers.N.fc1`, ...): transformers' v5 key renames
 for its own "DetrModel" are not applied to custom-code classes, so identical names make transformers checkpoints,
@@ -14,9 +18,11 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_detr import DetrConfig
 from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
+from .denoising import DenoisingQueries, denoising_self_attention_mask, split_queries
 from .detr_transformer import Decoder, Encoder
-from .loss import SetCriterion, compute_set_loss
+from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import build_position_encoding
+from .training_queries import TrainingQueries, ignored_on_save
 
 
 @dataclass
@@ -25,6 +31,9 @@ class DetrModelOutput(ModelOutput):
     last_hidden_state (B, Q, D): normalized output of the last decoder layer.
     intermediate_hidden_states (L, B, Q, D): every decoder layer's normalized output (when `auxiliary_loss`).
     encoder_last_hidden_state (B, HW, D): encoder memory. Hidden states / attentions: tuples, on request.
+    training_queries: in training with labels and denoising on, {"denoising": {"last_hidden_state" (B, P, D),
+        "intermediate_hidden_states" (L, B, P, D) or None, "layout"}} of the denoising queries; the fields above
+        hold the object queries only (decoder hidden states and attentions: all queries, denoising first).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -35,6 +44,7 @@ class DetrModelOutput(ModelOutput):
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    training_queries: dict | None = None
 
 
 @dataclass
@@ -44,6 +54,7 @@ class DetrObjectDetectionOutput(ModelOutput):
     logits (B, Q, num_labels + 1): class scores, the last one "no object".
     pred_boxes (B, Q, 4): normalized (cx, cy, w, h) relative to each image's unpadded size.
     auxiliary_outputs: [{"logits", "pred_boxes"}] of decoder layers 1..L-1 (with `auxiliary_loss` and labels).
+    training_queries: DetrModelOutput's (the denoising queries' decoder outputs in training).
     """
 
     loss: torch.Tensor | None = None
@@ -58,6 +69,7 @@ class DetrObjectDetectionOutput(ModelOutput):
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    training_queries: dict | None = None
 
 
 class DetrPreTrainedModel(DetrFamilyPreTrainedModel):
@@ -78,6 +90,9 @@ class DetrModel(DetrPreTrainedModel):
         self.input_projection = nn.Conv2d(self.backbone.conv_encoder.channels[-1], config.d_model, kernel_size=1)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # training-only parameters: left out of saved checkpoints, None unless denoising is on
+        self.training_queries = TrainingQueries(config, embeds_boxes=True) if TrainingQueries.wanted(config) else None
+        self._keys_to_ignore_on_save = ignored_on_save(self.training_queries)
         self.post_init()
 
     @can_return_tuple
@@ -87,8 +102,10 @@ class DetrModel(DetrPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        labels: list[dict] | None = None,
     ) -> DetrModelOutput | tuple:
-        """pixel_values (B, 3, H, W); pixel_mask (B, H, W), 1 on real pixels and 0 on padding (default: all real)."""
+        """pixel_values (B, 3, H, W); pixel_mask (B, H, W), 1 on real pixels and 0 on padding (default: all real);
+        labels (training only, as the detection model takes them) feed the denoising queries."""
         output_attentions, output_hidden_states = output_flags(self.config, output_attentions, output_hidden_states)
         pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
         batch_size = pixel_values.shape[0]
@@ -104,9 +121,20 @@ class DetrModel(DetrPreTrainedModel):
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
             src, pos, key_padding_mask, output_attentions, output_hidden_states
         )
+        # DETR's object queries are learned positions with no content
         query_pos = self.query_position_embeddings.weight[None].expand(batch_size, -1, -1)
+        tgt = torch.zeros_like(query_pos)
+        denoising = None
+        if self.training and labels is not None and self.training_queries is not None:
+            denoising = self.training_queries.denoising_queries(labels, self.config)
+            query_pos, tgt = self._with_denoising_queries(denoising, query_pos, tgt)
+        self_attention_mask = None
+        if denoising is not None and len(denoising):
+            self_attention_mask = denoising_self_attention_mask(
+                len(denoising), denoising.groups, self.config.num_queries, device=tgt.device
+            )
         output, intermediate, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
-            torch.zeros_like(query_pos),
+            tgt,
             memory,
             pos,
             query_pos,
@@ -114,7 +142,13 @@ class DetrModel(DetrPreTrainedModel):
             return_intermediate=self.config.auxiliary_loss,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            self_attention_mask=self_attention_mask,
         )
+        training_queries = None
+        if denoising is not None:
+            # a batch without boxes has no denoising queries: the zero term still gives every parameter a gradient
+            output = output + self.training_queries.unused_parameters_term()
+            training_queries, output, intermediate = _split_denoising(output, intermediate, denoising)
         return DetrModelOutput(
             last_hidden_state=output,
             intermediate_hidden_states=intermediate,
@@ -124,7 +158,24 @@ class DetrModel(DetrPreTrainedModel):
             encoder_last_hidden_state=memory,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attentions=encoder_attentions,
+            training_queries=training_queries,
         )
+
+    def _with_denoising_queries(self, denoising: DenoisingQueries, query_pos, tgt):
+        """[denoising | object] queries: a denoising query's content is its noised label's embedding and its
+        position the embedding of its noised box, as DN-DETR's anchors (DETR has no reference points)."""
+        denoising_pos = self.training_queries.box_query_position(denoising.boxes)
+        return torch.cat([denoising_pos, query_pos], 1), torch.cat([denoising.content, tgt], 1)
+
+
+def _split_denoising(output, intermediate, denoising: DenoisingQueries):
+    """The decoder's outputs cut into the denoising part and the object queries' (returned apart)."""
+    sizes = {"denoising": len(denoising), "matching": output.shape[1] - len(denoising)}
+    output = split_queries(output, sizes, dim=1)
+    intermediate = split_queries(intermediate, sizes, dim=2) if intermediate is not None else dict.fromkeys(sizes)
+    part = {"last_hidden_state": output["denoising"], "intermediate_hidden_states": intermediate["denoising"],
+            "layout": denoising.layout()}
+    return {"denoising": part}, output["matching"], intermediate["matching"]
 
 
 class DetrForObjectDetection(DetrPreTrainedModel):
@@ -150,16 +201,20 @@ class DetrForObjectDetection(DetrPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> DetrObjectDetectionOutput | tuple:
-        outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict=True)
+        if labels is not None:  # before the denoising queries are built from them
+            validate_labels(labels, pixel_values.shape[0], self.config.num_labels)
+        outputs = self.model(pixel_values, pixel_mask, output_attentions, output_hidden_states, labels=labels,
+                             return_dict=True)
         logits, pred_boxes = self._heads(outputs.last_hidden_state)
 
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
             predictions = {"logits": logits, "pred_boxes": pred_boxes}
             if self.config.auxiliary_loss:
-                aux_logits, aux_boxes = self._heads(outputs.intermediate_hidden_states[:-1])
-                auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(aux_logits, aux_boxes)]
+                auxiliary_outputs = self._auxiliary(outputs.intermediate_hidden_states)
                 predictions["auxiliary_outputs"] = auxiliary_outputs
+            if outputs.training_queries is not None:
+                predictions["denoising"] = self._denoising_predictions(outputs.training_queries["denoising"])
             loss, loss_dict = compute_set_loss(SetCriterion.from_config(self.config), predictions, labels)
 
         return DetrObjectDetectionOutput(
@@ -175,7 +230,20 @@ class DetrForObjectDetection(DetrPreTrainedModel):
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            training_queries=outputs.training_queries,
         )
+
+    def _auxiliary(self, intermediate_hidden_states) -> list[dict]:
+        """The heads on every decoder layer but the last."""
+        aux_logits, aux_boxes = self._heads(intermediate_hidden_states[:-1])
+        return [{"logits": c, "pred_boxes": b} for c, b in zip(aux_logits, aux_boxes)]
+
+    def _denoising_predictions(self, decoded: dict) -> dict:
+        """The set loss's view of the denoising queries: the same heads on their decoder outputs, and the layout
+        pairing each with its target."""
+        logits, pred_boxes = self._heads(decoded["last_hidden_state"])
+        auxiliary = self._auxiliary(decoded["intermediate_hidden_states"]) if self.config.auxiliary_loss else None
+        return {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary, **decoded["layout"]}
 
 
 __all__ = [

@@ -13,11 +13,7 @@ from torch import nn
 from .deformable_attention import MultiScaleDeformableAttention
 from .detr_transformer import TransformerLayer, layer_dropped, with_pos
 from .multihead_attention import MultiheadAttention
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+from .position_encoding import inverse_sigmoid
 
 
 def deformable_attention(config, num_heads: int, n_points: int) -> MultiScaleDeformableAttention:

@@ -21,11 +21,11 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_deformable_detr import DeformableDetrConfig
 from .deformable_attention import MultiScaleDeformableAttention
-from .deformable_transformer import DeformableDecoder, DeformableEncoder, encoder_output_proposals, inverse_sigmoid
+from .deformable_transformer import DeformableDecoder, DeformableEncoder, encoder_output_proposals
 from .denoising import DenoisingQueries, denoising_self_attention_mask, split_queries
 from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
 from .loss import SetCriterion, compute_set_loss, validate_labels
-from .position_encoding import box_position_embedding, build_position_encoding
+from .position_encoding import box_position_embedding, build_position_encoding, inverse_sigmoid
 from .training_queries import TrainingQueries, ignored_on_save
 
 

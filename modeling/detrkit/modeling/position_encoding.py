@@ -73,6 +73,12 @@ def build_position_encoding(config, sine_offset: float = 0.0) -> nn.Module:
     raise ValueError(f"unknown position_embedding_type {config.position_embedding_type!r}")
 
 
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Normalized box coordinates -> logits, the ends clamped (Deformable DETR's eps)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
 def box_position_embedding(boxes: torch.Tensor, num_pos_feats: int = 128, temperature: int = 10000):
     """Sine embedding of each of the 4 coordinates of boxes given as logits (inverse sigmoid of cxcywh): the
     sigmoid scaled to [0, 2pi], as two-stage Deformable DETR embeds its proposals and DAB-/DN-DETR their anchors:

@@ -11,10 +11,9 @@ from its checkpoints (accelerate state), not from the exported model.
 import torch
 from torch import nn
 
-from .deformable_transformer import inverse_sigmoid
 from .denoising import DenoisingQueries, build_denoising_queries
 from .detr_base import MLP
-from .position_encoding import box_position_embedding
+from .position_encoding import box_position_embedding, inverse_sigmoid
 
 PREFIX = "training_queries"
 
