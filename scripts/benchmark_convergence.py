@@ -36,7 +36,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark_detr_vs_deformable import backbone_state
 from detrkit.errors import UsageError
 from detrkit.training.recipes import get_recipe
 
@@ -100,6 +99,7 @@ def initial_model(family_name: str, folder: Path) -> Path:
     """A random transformer on the shipped checkpoint's ResNet-18 (weights and BatchNorm statistics), its processor
     and labels, saved once; every recipe starts from the same one."""
     import torch
+    from safetensors.torch import load_file
 
     from detrkit.families import DEFORMABLE_DETR, FAMILIES
 
@@ -113,7 +113,8 @@ def initial_model(family_name: str, folder: Path) -> Path:
     torch.manual_seed(0)
     model = family.detection_class(config)
     own = {k for k in model.state_dict() if k.startswith("model.backbone.")}
-    model.load_state_dict({k: v for k, v in backbone_state(str(CHECKPOINT)).items() if k in own}, strict=False)
+    weights = load_file(str(CHECKPOINT / "model.safetensors"))
+    model.load_state_dict({k: v.float() for k, v in weights.items() if k in own}, strict=False)
     model.save_pretrained(folder)
     family.processor_class(size={"shortest_edge": 128, "longest_edge": 213}).save_pretrained(folder)
     return folder

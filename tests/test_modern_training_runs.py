@@ -165,7 +165,7 @@ def test_ema_and_bf16_train_and_the_model_loads(trained):
     raw = load_file(trained / "checkpoints" / "step-0000002" / "model.safetensors")  # the trained, not averaged
     assert any(not torch.equal(raw[name], exported[name]) for name in exported), "the EMA weights were not exported"
     model = DeformableDetrForObjectDetection.from_pretrained(trained / "model")
-    assert model.config.num_denoising == 100 and model.config.num_queries_one_to_many == 30
+    assert model.config.num_denoising == 30 and model.config.num_queries_one_to_many == model.config.num_queries
 
 
 def test_the_trained_model_exports_without_training_queries(trained, tmp_path):

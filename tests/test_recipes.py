@@ -1,6 +1,7 @@
 """Named training recipes (training/recipes.py): what each sets for which model, that the user's model_overrides win,
 that the fields reach the built or loaded model and its exported config.json, and the convergence benchmark's
 --quick run end to end."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -58,7 +59,7 @@ def test_each_change_alone():
 
 
 def test_paper_sets_nothing_but_switches_off_what_a_checkpoint_was_trained_with():
-    assert DEFAULT_RECIPE == "paper"
+    assert DEFAULT_RECIPE == "denoising"  # what the convergence benchmark measured fastest
     assert recipe_overrides("paper", "deformable_detr", deformable())[0] == {}
     trained_fast = deformable(num_denoising=100, num_queries_one_to_many=150, look_forward_twice=True)
     assert recipe_overrides("paper", "deformable_detr", trained_fast, checkpoint=True)[0] == dict(
@@ -131,10 +132,11 @@ def test_quick_benchmark_table_plot_and_exported_configs(tmp_path):
 
 
 def benchmark_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    import benchmark_convergence
-
-    return benchmark_convergence
+    """scripts/benchmark_convergence.py as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_convergence", REPO / "scripts" / "benchmark_convergence.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # (its dataclasses look it up)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.skipif(not (CHECKPOINT / "model.safetensors").exists(), reason="demo checkpoint not in this checkout")

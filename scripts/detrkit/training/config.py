@@ -72,9 +72,9 @@ class TrainConfig:
     model_overrides: dict = option(help="config kwargs of a preset, or from_pretrained kwargs of a checkpoint",
                                    factory=dict)
     recipe: str = option(DEFAULT_RECIPE, "named training recipe, model config fields that model_overrides "
-                                         "override (training/recipes.py): 'paper' as the papers train; 'fast' "
-                                         "adds denoising, one-to-many matching and DINO's query tricks; the others "
-                                         "one change alone")
+                                         "override (training/recipes.py): 'denoising' (DN-DETR / DINO denoising "
+                                         "queries, measured fastest), 'paper' as the papers train, 'fast' every "
+                                         "change together, the others one change alone")
     trust_remote_code: bool = option(False, "allow a Hub model's own Python code to run (only for repositories "
                                             "you trust)")
     device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: what accelerate chooses: the GPU(s) when "

@@ -66,7 +66,9 @@ RECIPES: dict[str, Recipe] = {
     "varifocal": Recipe("RT-DETR's varifocal (IoU-aware) classification loss alone (Deformable DETR)",
                         {"deformable_detr": dict(classification_loss="varifocal")}),
 }
-DEFAULT_RECIPE = "paper"  # what a run gets without --recipe; switched on the convergence benchmark's measurement
+# what a run gets without --recipe: the one that learned fastest per epoch and per CPU minute in the convergence
+# benchmark (docs/benchmarks.md, "Convergence"); "paper" trains as the papers did
+DEFAULT_RECIPE = "denoising"
 
 
 def get_recipe(name: str) -> Recipe:
