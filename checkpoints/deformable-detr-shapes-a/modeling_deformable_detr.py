@@ -200,7 +200,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             self.reference_points = nn.Linear(d_model, 2)
         if config.mixed_query_selection:
             self.query_content_embeddings = nn.Embedding(config.num_queries, d_model)
-        # last, so that every other parameter draws the same random init as without them
+        # training-only parameters: never saved, initialised from their own random stream (training_queries.py)
         width = _one_to_many_width(config)
         self.training_queries = (TrainingQueries(config, embeds_boxes=not config.two_stage, one_to_many_width=width)
                                  if TrainingQueries.wanted(config, width) else None)
@@ -312,7 +312,9 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             )
         else:
             query_pos, tgt, reference_points = self._learned_queries(batch_size, num_one_to_many)
-        denoising = self.training_queries.denoising_queries(labels, self.config) if extra and self.training_queries else None
+        denoising = None
+        if extra and self.training_queries is not None:
+            denoising = self.training_queries.denoising_queries(labels, self.config)
         if denoising is not None:
             parts = zip(self._denoising_inputs(denoising), (query_pos, tgt, reference_points))
             query_pos, tgt, reference_points = (torch.cat(pair, 1) for pair in parts)
@@ -366,9 +368,9 @@ def _split_training_queries(hidden, init_reference_points, references, sizes: di
     cut = {"hidden": split_queries(hidden, sizes, dim=2),
            "init_reference_points": split_queries(init_reference_points, sizes, dim=1),
            "intermediate_reference_points": split_queries(references, sizes, dim=2)}
-    parts = {part: {key: cut[key][part] for key in cut} for part in sizes
-             if sizes[part] or part == "matching" or (part == "denoising" and denoising is not None)}
-    if "denoising" in parts:
+    kept = {"denoising": denoising is not None, "matching": True, "one_to_many": sizes["one_to_many"] > 0}
+    parts = {part: {key: cut[key][part] for key in cut} for part in sizes if kept[part]}
+    if denoising is not None:
         parts["denoising"]["layout"] = denoising.layout()
     return parts
 
