@@ -16,7 +16,7 @@ on the run's own model, batch and image size. Setups (issue 20, goals a-c):
   recipe: 60 on 2 cores is about 2 CPU hours).
 
     python scripts/benchmark_convergence.py --setup finetune-shapes-b
-    python scripts/benchmark_convergence.py --setup detr-r18-dc5-shapes-a --recipes paper,fast --max-minutes 60
+    python scripts/benchmark_convergence.py --setup detr-r18-dc5-shapes-a --max-minutes 60
     python scripts/benchmark_convergence.py --quick --recipes paper,fast      # smoke run: tiny sizes, 2 epochs
 
 Other arguments go to every `detrkit train` (e.g. --data-cache DIR, --builtin-num-train 2048). Writes
@@ -60,7 +60,7 @@ class Setup:
     max_minutes: float | None = None
 
 
-DEFORMABLE_ABLATION = ("paper", "denoising", "one-to-many", "look-forward-twice", "varifocal", "fast")
+DEFORMABLE_ABLATION = ("paper", "short-schedule", "denoising", "one-to-many", "look-forward-twice", "varifocal", "fast")
 SETUPS = {
     "finetune-shapes-b": Setup(
         "the main job: checkpoints/deformable-detr-shapes-a fine-tuned on shapes-b at its schedule",
@@ -72,13 +72,13 @@ SETUPS = {
         DEFORMABLE_ABLATION, initial="deformable_detr"),
     "detr-r18-dc5-shapes-a": Setup(
         "DETR R18-DC5, random transformer on the shipped ResNet-18, shapes-a (detr_shapes_a.yaml's schedule)",
-        ("--config", "scripts/configs/detr_shapes_a.yaml"), ("paper", "fast"), initial="detr",  # fast: DN-DETR
+        ("--config", "scripts/configs/detr_shapes_a.yaml"), ("paper", "short-schedule"), initial="detr",
         max_minutes=60),
 }
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,  # --set is detrkit train's
                                      epilog="Other arguments go to every `detrkit train` run.")
     parser.add_argument("--setup", choices=SETUPS, default="finetune-shapes-b")
     parser.add_argument("--recipes", default=None, help="comma-separated recipe names (default: the setup's "

@@ -58,8 +58,28 @@ def test_each_change_alone():
     assert recipe_overrides("varifocal", "deformable_detr", model)[0] == {"classification_loss": "varifocal"}
 
 
+def test_short_schedule_is_denoising_at_four_times_the_papers_lr_unless_the_run_sets_one():
+    from detrkit.families import DETR, DEFORMABLE_DETR
+    from detrkit.training.config import TrainConfig, resolve_for_data
+
+    assert DEFAULT_RECIPE == "short-schedule"  # what the convergence benchmark measured fastest
+    for family, config in (("deformable_detr", deformable(with_box_refine=True)), ("detr", SimpleNamespace())):
+        assert recipe_overrides("short-schedule", family, config)[0] == recipe_overrides("denoising", family, config)[0]
+    assert RECIPES["short-schedule"].lr_scale == 4 and RECIPES["denoising"].lr_scale == 1
+
+    def lr(family, recipe, **fields):
+        config = TrainConfig(model="m", data="d", epochs=12, recipe=recipe, **fields)
+        resolved, notes = resolve_for_data(config, family, 512, True, RECIPES[recipe].lr_scale)
+        return resolved.lr, [note for note in notes if note.startswith("lr ")]
+
+    assert lr(DEFORMABLE_DETR, "short-schedule") == (8e-4, ["lr 0.0008 (the Deformable DETR paper's x 4, "
+                                                            "recipe short-schedule)"])
+    assert lr(DETR, "short-schedule")[0] == 4e-4
+    assert lr(DEFORMABLE_DETR, "paper") == (2e-4, ["lr 0.0002 (the Deformable DETR paper)"])
+    assert lr(DEFORMABLE_DETR, "short-schedule", lr=3e-5) == (3e-5, [])  # the user's lr wins
+
+
 def test_paper_sets_nothing_but_switches_off_what_a_checkpoint_was_trained_with():
-    assert DEFAULT_RECIPE == "denoising"  # what the convergence benchmark measured fastest
     assert recipe_overrides("paper", "deformable_detr", deformable())[0] == {}
     trained_fast = deformable(num_denoising=100, num_queries_one_to_many=150, look_forward_twice=True)
     assert recipe_overrides("paper", "deformable_detr", trained_fast, checkpoint=True)[0] == dict(
@@ -77,7 +97,7 @@ def test_unknown_recipe_lists_the_names():
     with pytest.raises(UsageError) as error:
         recipe_overrides("dino", "deformable_detr", deformable())
     assert all(name in str(error.value) for name in RECIPES)
-    with pytest.raises(UsageError, match="recipe must be one of paper, fast"):
+    with pytest.raises(UsageError, match="recipe must be one of paper, short-schedule, fast"):
         parse_config(["--model", "m", "--data", "d", "--recipe", "dino"])
     assert parse_config(["--model", "m", "--data", "d", "--recipe", "one-to-many"]).recipe == "one-to-many"
     assert parse_config(["--model", "m", "--data", "d"]).recipe == DEFAULT_RECIPE
@@ -156,6 +176,9 @@ def test_setups_train_the_same_steps_from_a_random_transformer_on_the_shipped_ba
         assert (config.recipe, config.eval_every, config.max_train_minutes) == ("fast", 1, setup.max_minutes)
         assert config.model == (str(initial) if setup.initial else "checkpoints/deformable-detr-shapes-a")
         assert config.data_cache == str(tmp_path / "data")
+    # --set is detrkit train's, not an abbreviation of the benchmark's --setup
+    args = bench.parse_args(["--setup", "finetune-shapes-b", "--set", "lr=4e-4"])
+    assert parse_config(bench.train_args(args, bench.SETUPS[args.setup], "paper", tmp_path / "run", None)).lr == 4e-4
     main_job = parse_config(bench.train_args(bench.parse_args([]), bench.SETUPS["finetune-shapes-b"], "paper",
                                              tmp_path / "run", None))
     assert (main_job.epochs, main_job.batch_size, main_job.schedule) == (12, 8, "cosine")  # the main job's schedule

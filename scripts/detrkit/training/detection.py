@@ -23,6 +23,7 @@ from .loop import Trained, fit
 from .memory_savers import apply_memory_savers, memory_savers_wanted
 from .run_card import write_run_card
 from .models import load_model
+from .recipes import get_recipe
 from .run_folder import make_accelerator
 from .sampling import EpochShuffleSampler, SeededAugmentation
 from .task import Task, forward_loss
@@ -64,7 +65,8 @@ def prepare_run(config: TrainConfig):
             "(timm downloads them), or from a COCO checkpoint such as --model SenseTime/deformable-detr")
     data = load_data(config, loaded.processor, log=accelerator.print)
     model = loaded.adapt_to_labels(data.id2label, log=accelerator.print)
-    config, data_notes = resolve_for_data(config, loaded.family, len(data.train), loaded.pretrained)
+    config, data_notes = resolve_for_data(config, loaded.family, len(data.train), loaded.pretrained,
+                                          get_recipe(config.recipe).lr_scale)
     return config, accelerator, loaded, data, model, notes + [loaded.recipe_note] + model_notes + data_notes
 
 
