@@ -1,9 +1,11 @@
 """Training recipes with names: which of the 2022-2023 training-time changes a run switches on, as config fields of
-the model (`--recipe fast`). Each change keeps the inference architecture, except mixed query selection (marked).
+the model (`--recipe fast`), and its learning rate relative to the paper's. Each change keeps the inference
+architecture, except mixed query selection (marked).
 
 A recipe is data: per model family (families.py names), config field -> value, where a value may depend on the
-model's own config (`times_num_queries(3)`, `only_if("with_box_refine")`). `recipe_overrides` resolves one for a
-model; a field the user sets in model_overrides wins over the recipe. No torch here: --help reads the names.
+model's own config (`times_num_queries(3)`, `only_if("with_box_refine")`), and `lr_scale`. `recipe_overrides`
+resolves the fields for a model; a field the user sets in model_overrides wins over the recipe, as an explicit lr
+wins over `lr_scale` (config.resolve_for_data). No torch here: --help reads the names.
 """
 from __future__ import annotations
 
