@@ -40,6 +40,7 @@ def only_if(flag: str, value: Any = True) -> Callable:
 DINO_DENOISING = dict(num_denoising=30, contrastive_denoising=True, label_noise_ratio=0.5, box_noise_scale=0.4)
 DN_DETR_DENOISING = dict(denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2, box_noise_scale=0.4)
 ONE_TO_MANY = dict(num_queries_one_to_many=times_num_queries(1), k_one_to_many=6, lambda_one_to_many=1.0)
+DENOISING = {"deformable_detr": DINO_DENOISING, "detr": DN_DETR_DENOISING}
 LOOK_FORWARD_TWICE = dict(look_forward_twice=only_if("with_box_refine"))
 MIXED_QUERY_SELECTION = dict(mixed_query_selection=only_if("two_stage"))
 
@@ -56,7 +57,7 @@ RECIPES: dict[str, Recipe] = {
     # the papers' learning rates were tuned for 50-500 COCO epochs; with denoising steadying the matching, a short
     # run learns faster at 4x (docs/benchmarks.md, "Convergence")
     "short-schedule": Recipe("denoising at 4x the paper's learning rate: for fine-tuning and other short runs",
-                             {"deformable_detr": DINO_DENOISING, "detr": DN_DETR_DENOISING}, lr_scale=4.0),
+                             DENOISING, lr_scale=4.0),
     "fast": Recipe("every change together: denoising, one-to-many matching, look-forward-twice, mixed query "
                    "selection (Deformable DETR); DN-DETR denoising (DETR)",
                    {"deformable_detr": {**DINO_DENOISING, **ONE_TO_MANY, **LOOK_FORWARD_TWICE,
@@ -64,7 +65,7 @@ RECIPES: dict[str, Recipe] = {
                     "detr": DN_DETR_DENOISING}),
     # one change alone each, for the convergence benchmark's ablation
     "denoising": Recipe("denoising queries alone (DINO's contrastive for Deformable DETR, DN-DETR's for DETR)",
-                        {"deformable_detr": DINO_DENOISING, "detr": DN_DETR_DENOISING}),
+                        DENOISING),
     "one-to-many": Recipe("H-DETR's hybrid matching alone (Deformable DETR)", {"deformable_detr": ONE_TO_MANY}),
     "look-forward-twice": Recipe("DINO's look-forward-twice alone (Deformable DETR with box refinement)",
                                  {"deformable_detr": LOOK_FORWARD_TWICE}),
