@@ -41,12 +41,15 @@ def test_fast_sets_the_papers_fields_relative_to_the_model():
     assert "mixed_query_selection" not in loaded and "the checkpoint has no weights" in note
 
 
-def test_detr_gets_dn_detr_and_nothing_deformable_only():
+def test_detr_gets_dn_detr_one_to_many_and_nothing_deformable_only():
     fields, _ = recipe_overrides("fast", "detr", SimpleNamespace(num_queries=100))
-    assert fields == dict(denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2, box_noise_scale=0.4)
-    assert recipe_overrides("denoising", "detr", SimpleNamespace())[0] == fields
-    with pytest.raises(UsageError, match="'one-to-many' does not apply to detr"):
-        recipe_overrides("one-to-many", "detr", SimpleNamespace())
+    dn_detr = dict(denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2, box_noise_scale=0.4)
+    one_to_many = dict(num_queries_one_to_many=100, k_one_to_many=6, lambda_one_to_many=1.0)
+    assert fields == {**dn_detr, **one_to_many}
+    assert recipe_overrides("denoising", "detr", SimpleNamespace())[0] == dn_detr
+    assert recipe_overrides("one-to-many", "detr", SimpleNamespace(num_queries=100))[0] == one_to_many
+    with pytest.raises(UsageError, match="'varifocal' does not apply to detr"):
+        recipe_overrides("varifocal", "detr", SimpleNamespace())
 
 
 def test_each_change_alone():

@@ -1,8 +1,10 @@
 """DETR: backbone -> transformer encoder-decoder -> class and box heads (Carion et al., 2020).
 
-In training, DN-DETR's denoising queries (Li et al., 2022; `config.denoising_groups`, denoising.py) can join
-the object queries: noised copies of the ground truth to reconstruct. They and their parameters
-(`training_queries`) exist only in training: inference, export and saved checkpoints are the paper's DETR.
+In training, DN-DETR's denoising queries (Li et al., 2022; `config.denoising_groups`, denoising.py), noised copies
+of the ground truth to reconstruct, and H-DETR's one-to-many queries (Jia et al., 2023;
+`config.num_queries_one_to_many`), learned positions matched to the targets repeated k times, can join the object
+queries. They and their parameters (`training_queries`) exist only in training: inference, export and saved
+checkpoints are the paper's DETR.
 
 Sub-module names equal the on-disk weight names of transformers' `DetrForObjectDetection` checkpoints
 (`model.backbone.conv_encoder.model.*`, `self_attn.out_proj`, `layers.N.fc1`, ...): transformers' v5 key renames
@@ -31,9 +33,11 @@ class DetrModelOutput(ModelOutput):
     last_hidden_state (B, Q, D): normalized output of the last decoder layer.
     intermediate_hidden_states (L, B, Q, D): every decoder layer's normalized output (when `auxiliary_loss`).
     encoder_last_hidden_state (B, HW, D): encoder memory. Hidden states / attentions: tuples, on request.
-    training_queries: in training with labels and denoising on, {"denoising": {"last_hidden_state" (B, P, D),
-        "intermediate_hidden_states" (L, B, P, D) or None, "layout"}} of the denoising queries; the fields above
-        hold the object queries only (decoder hidden states and attentions: all queries, denoising first).
+    training_queries: in training with labels, {"denoising": {"last_hidden_state" (B, P, D),
+        "intermediate_hidden_states" (L, B, P, D) or None, "layout"}} of the denoising queries (with denoising on)
+        and {"one_to_many": {"last_hidden_state", "intermediate_hidden_states"}} (with one-to-many on); the fields
+        above hold the object queries only (decoder hidden states and attentions: all queries, in the order
+        [denoising | object | one-to-many]).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -54,7 +58,7 @@ class DetrObjectDetectionOutput(ModelOutput):
     logits (B, Q, num_labels + 1): class scores, the last one "no object".
     pred_boxes (B, Q, 4): normalized (cx, cy, w, h) relative to each image's unpadded size.
     auxiliary_outputs: [{"logits", "pred_boxes"}] of decoder layers 1..L-1 (with `auxiliary_loss` and labels).
-    training_queries: DetrModelOutput's (the denoising queries' decoder outputs in training).
+    training_queries: DetrModelOutput's (the training-only queries' decoder outputs).
     """
 
     loss: torch.Tensor | None = None
@@ -90,8 +94,11 @@ class DetrModel(DetrPreTrainedModel):
         self.input_projection = nn.Conv2d(self.backbone.conv_encoder.channels[-1], config.d_model, kernel_size=1)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        # training-only parameters: left out of saved checkpoints, None unless denoising is on
-        self.training_queries = TrainingQueries(config, embeds_boxes=True) if TrainingQueries.wanted(config) else None
+        # training-only parameters: left out of saved checkpoints, None unless denoising or one-to-many is on; a
+        # one-to-many query is a learned position, as DETR's object queries are
+        width = config.d_model if config.num_queries_one_to_many else 0
+        self.training_queries = (TrainingQueries(config, embeds_boxes=True, one_to_many_width=width)
+                                 if TrainingQueries.wanted(config, width) else None)
         self._keys_to_ignore_on_save = ignored_on_save(self.training_queries)
         self.post_init()
 
@@ -105,7 +112,7 @@ class DetrModel(DetrPreTrainedModel):
         labels: list[dict] | None = None,
     ) -> DetrModelOutput | tuple:
         """pixel_values (B, 3, H, W); pixel_mask (B, H, W), 1 on real pixels and 0 on padding (default: all real);
-        labels (training only, as the detection model takes them) feed the denoising queries."""
+        labels (training only, as the detection model takes them) feed the denoising and one-to-many queries."""
         output_attentions, output_hidden_states = output_flags(self.config, output_attentions, output_hidden_states)
         pixel_mask = check_inputs(pixel_values, pixel_mask, self.config.num_channels)
         batch_size = pixel_values.shape[0]
@@ -121,17 +128,20 @@ class DetrModel(DetrPreTrainedModel):
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
             src, pos, key_padding_mask, output_attentions, output_hidden_states
         )
-        # DETR's object queries are learned positions with no content
-        query_pos = self.query_position_embeddings.weight[None].expand(batch_size, -1, -1)
+        extra = self.training and labels is not None and self.training_queries is not None  # training's queries
+        num_one_to_many = self.config.num_queries_one_to_many if extra else 0
+        query_pos = self._learned_queries(batch_size, num_one_to_many)
         tgt = torch.zeros_like(query_pos)
-        denoising = None
-        if self.training and labels is not None and self.training_queries is not None:
-            denoising = self.training_queries.denoising_queries(labels, self.config)
+        denoising = self.training_queries.denoising_queries(labels, self.config) if extra else None
+        if denoising is not None:
             query_pos, tgt = self._with_denoising_queries(denoising, query_pos, tgt)
+        sizes = {"denoising": len(denoising) if denoising is not None else 0, "matching": self.config.num_queries,
+                 "one_to_many": num_one_to_many}
         self_attention_mask = None
-        if denoising is not None and len(denoising):
+        if sizes["denoising"] or num_one_to_many:
             self_attention_mask = denoising_self_attention_mask(
-                len(denoising), denoising.groups, self.config.num_queries, device=tgt.device
+                sizes["denoising"], denoising.groups if denoising else 1, sizes["matching"], num_one_to_many,
+                device=tgt.device,
             )
         output, intermediate, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt,
@@ -145,10 +155,10 @@ class DetrModel(DetrPreTrainedModel):
             self_attention_mask=self_attention_mask,
         )
         training_queries = None
-        if denoising is not None:
+        if extra:
             # a batch without boxes has no denoising queries: the zero term still gives every parameter a gradient
             output = output + self.training_queries.unused_parameters_term()
-            training_queries, output, intermediate = _split_denoising(output, intermediate, denoising)
+            training_queries, output, intermediate = _split_training_queries(output, intermediate, sizes, denoising)
         return DetrModelOutput(
             last_hidden_state=output,
             intermediate_hidden_states=intermediate,
@@ -161,6 +171,13 @@ class DetrModel(DetrPreTrainedModel):
             training_queries=training_queries,
         )
 
+    def _learned_queries(self, batch_size: int, num_one_to_many: int):
+        """DETR's object queries, learned positions with no content, then the one-to-many branch's (training)."""
+        weight = self.query_position_embeddings.weight
+        if num_one_to_many:
+            weight = torch.cat([weight, self.training_queries.one_to_many.weight])
+        return weight[None].expand(batch_size, -1, -1)
+
     def _with_denoising_queries(self, denoising: DenoisingQueries, query_pos, tgt):
         """[denoising | object] queries: a denoising query's content is its noised label's embedding and its
         position the embedding of its noised box, as DN-DETR's anchors (DETR has no reference points)."""
@@ -168,14 +185,17 @@ class DetrModel(DetrPreTrainedModel):
         return torch.cat([denoising_pos, query_pos], 1), torch.cat([denoising.content, tgt], 1)
 
 
-def _split_denoising(output, intermediate, denoising: DenoisingQueries):
-    """The decoder's outputs cut into the denoising part and the object queries' (returned apart)."""
-    sizes = {"denoising": len(denoising), "matching": output.shape[1] - len(denoising)}
+def _split_training_queries(output, intermediate, sizes: dict, denoising: DenoisingQueries | None):
+    """The decoder's outputs cut into [denoising | object | one-to-many] parts; the object queries' are returned
+    apart, the others as training_queries (a part that is off is left out)."""
     output = split_queries(output, sizes, dim=1)
     intermediate = split_queries(intermediate, sizes, dim=2) if intermediate is not None else dict.fromkeys(sizes)
-    part = {"last_hidden_state": output["denoising"], "intermediate_hidden_states": intermediate["denoising"],
-            "layout": denoising.layout()}
-    return {"denoising": part}, output["matching"], intermediate["matching"]
+    kept = {"denoising": denoising is not None, "one_to_many": sizes["one_to_many"] > 0}
+    parts = {part: {"last_hidden_state": output[part], "intermediate_hidden_states": intermediate[part]}
+             for part in kept if kept[part]}
+    if denoising is not None:
+        parts["denoising"]["layout"] = denoising.layout()
+    return parts, output["matching"], intermediate["matching"]
 
 
 class DetrForObjectDetection(DetrPreTrainedModel):
@@ -213,8 +233,11 @@ class DetrForObjectDetection(DetrPreTrainedModel):
             if self.config.auxiliary_loss:
                 auxiliary_outputs = self._auxiliary(outputs.intermediate_hidden_states)
                 predictions["auxiliary_outputs"] = auxiliary_outputs
-            if outputs.training_queries is not None:
-                predictions["denoising"] = self._denoising_predictions(outputs.training_queries["denoising"])
+            training_queries = outputs.training_queries or {}
+            if "denoising" in training_queries:
+                predictions["denoising"] = self._training_query_predictions(training_queries["denoising"])
+            if "one_to_many" in training_queries:
+                predictions["one_to_many"] = self._training_query_predictions(training_queries["one_to_many"])
             loss, loss_dict = compute_set_loss(SetCriterion.from_config(self.config), predictions, labels)
 
         return DetrObjectDetectionOutput(
@@ -238,12 +261,13 @@ class DetrForObjectDetection(DetrPreTrainedModel):
         aux_logits, aux_boxes = self._heads(intermediate_hidden_states[:-1])
         return [{"logits": c, "pred_boxes": b} for c, b in zip(aux_logits, aux_boxes)]
 
-    def _denoising_predictions(self, decoded: dict) -> dict:
-        """The set loss's view of the denoising queries: the same heads on their decoder outputs, and the layout
-        pairing each with its target."""
+    def _training_query_predictions(self, decoded: dict) -> dict:
+        """The set loss's view of training-only queries: the same heads on their decoder outputs (and, for the
+        denoising queries, the layout pairing each with its target)."""
         logits, pred_boxes = self._heads(decoded["last_hidden_state"])
         auxiliary = self._auxiliary(decoded["intermediate_hidden_states"]) if self.config.auxiliary_loss else None
-        return {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary, **decoded["layout"]}
+        return {"logits": logits, "pred_boxes": pred_boxes, "auxiliary_outputs": auxiliary,
+                **decoded.get("layout", {})}
 
 
 __all__ = [

@@ -34,10 +34,8 @@ class DeformableDetrConfig(DetrBaseConfig):
             loss has no "no object" class).
         return_intermediate: must stay True: the per-layer heads read every decoder layer's output.
 
-    Faster training (training only unless said; see also the denoising fields of `DetrBaseConfig`):
-        num_queries_one_to_many (`int`): H-DETR's hybrid matching (Jia et al., 2023): this many extra queries,
-            hidden from the others by the self-attention mask, are matched to every target repeated
-            `k_one_to_many` times; their loss is weighted by `lambda_one_to_many`. 0 turns it off.
+    Faster training (training only unless said; see also the denoising and one-to-many fields of
+    `DetrBaseConfig`):
         look_forward_twice (`bool`): DINO: each layer's box loss also reaches the previous layer's box head
             through its (undetached) reference box. Same outputs; box refinement only.
         mixed_query_selection (`bool`): DINO, two-stage only: the queries take their positions from the top-k
@@ -67,9 +65,6 @@ class DeformableDetrConfig(DetrBaseConfig):
     focal_alpha: float = 0.25
     class_loss_coefficient: float = 1.0
     disable_custom_kernels: bool = False
-    num_queries_one_to_many: int = 0
-    k_one_to_many: int = 6
-    lambda_one_to_many: float = 1.0
     look_forward_twice: bool = False
     mixed_query_selection: bool = False
     classification_loss: str = "focal"
@@ -100,9 +95,6 @@ class DeformableDetrConfig(DetrBaseConfig):
                              "(positions) with learned content queries")
         if self.classification_loss not in ("focal", "varifocal"):
             raise ValueError(f"classification_loss must be 'focal' or 'varifocal', got {self.classification_loss!r}")
-        if self.num_queries_one_to_many < 0 or self.k_one_to_many < 1:
-            raise ValueError(f"num_queries_one_to_many must be >= 0 and k_one_to_many >= 1, got "
-                             f"{self.num_queries_one_to_many} and {self.k_one_to_many}")
         for name in ("encoder_n_points", "decoder_n_points", "two_stage_num_proposals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

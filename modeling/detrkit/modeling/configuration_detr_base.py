@@ -48,6 +48,10 @@ class DetrBaseConfig(PreTrainedConfig):
             by 1-2x it), DN-DETR's centre (half the size) and size.
         contrastive_denoising (`bool`): DINO's negatives, noised further than the positives, which must predict
             "no object"; False is DN-DETR (positives only).
+    One-to-many supervision (H-DETR's hybrid matching, Jia et al. 2023), training only as well:
+        num_queries_one_to_many (`int`): this many extra learned queries, hidden from the others by the
+            self-attention mask, are matched to every target repeated `k_one_to_many` times; their loss is weighted
+            by `lambda_one_to_many`. 0 turns it off.
     """
 
     attribute_map = {
@@ -106,6 +110,10 @@ class DetrBaseConfig(PreTrainedConfig):
     label_noise_ratio: float = 0.5
     box_noise_scale: float = 0.4
     contrastive_denoising: bool = True
+    # one-to-many supervision
+    num_queries_one_to_many: int = 0
+    k_one_to_many: int = 6
+    lambda_one_to_many: float = 1.0
 
     @property
     def uses_denoising(self) -> bool:
@@ -136,6 +144,9 @@ class DetrBaseConfig(PreTrainedConfig):
         for name in ("num_denoising", "denoising_groups", "label_noise_ratio", "box_noise_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.num_queries_one_to_many < 0 or self.k_one_to_many < 1:
+            raise ValueError(f"num_queries_one_to_many must be >= 0 and k_one_to_many >= 1, got "
+                             f"{self.num_queries_one_to_many} and {self.k_one_to_many}")
         for name in ("encoder_layerdrop", "decoder_layerdrop", "dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")

@@ -20,7 +20,7 @@ ARCHITECTURE_FIELDS = ("mixed_query_selection",)  # add weights: never switched 
 # a recipe names the whole training. (Architecture fields stay as the checkpoint is.)
 OFF = {"deformable_detr": dict(num_denoising=0, denoising_groups=0, num_queries_one_to_many=0,
                                look_forward_twice=False, classification_loss="focal"),
-       "detr": dict(num_denoising=0, denoising_groups=0)}
+       "detr": dict(num_denoising=0, denoising_groups=0, num_queries_one_to_many=0)}
 
 
 def times_num_queries(factor: int) -> Callable:
@@ -59,14 +59,14 @@ RECIPES: dict[str, Recipe] = {
     "short-schedule": Recipe("denoising at 4x the paper's learning rate: for fine-tuning and other short runs",
                              DENOISING, lr_scale=4.0),
     "fast": Recipe("every change together: denoising, one-to-many matching, look-forward-twice, mixed query "
-                   "selection (Deformable DETR); DN-DETR denoising (DETR)",
+                   "selection (Deformable DETR); DN-DETR denoising and one-to-many matching (DETR)",
                    {"deformable_detr": {**DINO_DENOISING, **ONE_TO_MANY, **LOOK_FORWARD_TWICE,
                                         **MIXED_QUERY_SELECTION},
-                    "detr": DN_DETR_DENOISING}),
+                    "detr": {**DN_DETR_DENOISING, **ONE_TO_MANY}}),
     # one change alone each, for the convergence benchmark's ablation
     "denoising": Recipe("denoising queries alone (DINO's contrastive for Deformable DETR, DN-DETR's for DETR)",
                         DENOISING),
-    "one-to-many": Recipe("H-DETR's hybrid matching alone (Deformable DETR)", {"deformable_detr": ONE_TO_MANY}),
+    "one-to-many": Recipe("H-DETR's hybrid matching alone", {"deformable_detr": ONE_TO_MANY, "detr": ONE_TO_MANY}),
     "look-forward-twice": Recipe("DINO's look-forward-twice alone (Deformable DETR with box refinement)",
                                  {"deformable_detr": LOOK_FORWARD_TWICE}),
     "mixed-query-selection": Recipe("DINO's mixed query selection alone (two-stage Deformable DETR; adds learned "

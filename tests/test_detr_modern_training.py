@@ -1,15 +1,19 @@
-"""DN-DETR's denoising training for DETR (issue 20): in training, noised copies of the ground truth join the object
-queries and must reconstruct it. Training only: at inference, and in what is saved, the model is the paper's DETR,
-so transformers' own class loads it with the same outputs."""
+"""DETR's training-time additions (issue 20): DN-DETR's denoising (noised copies of the ground truth join the object
+queries and must reconstruct it) and H-DETR's one-to-many queries (matched to the targets repeated k times).
+Training only: at inference, and in what is saved, the model is the paper's DETR, so transformers' own class loads
+it with the same outputs."""
 import pytest
 import torch
 import transformers
 from safetensors import safe_open
 
 from detrkit.modeling import DetrConfig, DetrForObjectDetection
+from detrkit.modeling.loss import SetCriterion
 from detrkit.modeling.modeling_detr_segmentation import DetrForSegmentation
 
 DN_DETR = dict(denoising_groups=5, contrastive_denoising=False, label_noise_ratio=0.2, box_noise_scale=0.4)
+ONE_TO_MANY = dict(num_queries_one_to_many=12, k_one_to_many=3)
+ADDITIONS = {"denoising": DN_DETR, "one-to-many": ONE_TO_MANY, "both": {**DN_DETR, **ONE_TO_MANY}}
 LABELS = [
     {"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.4, 0.1, 0.1]])},
     {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.6, 0.5, 0.3, 0.3]])},
@@ -26,12 +30,13 @@ def config(**overrides):
     return DetrConfig(**{**fields, **overrides})
 
 
-def pair(model_class=DetrForObjectDetection, **shared):
-    """The paper's model and one with denoising, built from the same seed and sharing every weight the paper's has."""
+def pair(model_class=DetrForObjectDetection, additions=DN_DETR, **shared):
+    """The paper's model and one with training-only additions, built from the same seed and sharing every weight
+    the paper's has."""
     torch.manual_seed(0)
     paper = model_class(config(**shared))
     torch.manual_seed(0)
-    denoised = model_class(config(**shared, **DN_DETR))
+    denoised = model_class(config(**shared, **additions))
     missing, unexpected = denoised.load_state_dict(paper.state_dict(), strict=False)
     assert not unexpected and missing and all(".training_queries." in f".{key}" for key in missing)
     return paper, denoised
@@ -50,8 +55,9 @@ def test_denoising_off_changes_nothing():
     assert set(denoised._keys_to_ignore_on_save) == extra  # exact keys: save_pretrained drops them
 
 
-def test_inference_is_the_papers_model():
-    paper, denoised = pair()
+@pytest.mark.parametrize("additions", ADDITIONS.values(), ids=ADDITIONS)
+def test_inference_is_the_papers_model(additions):
+    paper, denoised = pair(additions=additions)
     with torch.no_grad():
         expected = paper.eval()(images())
         got = denoised.eval()(images())
@@ -62,7 +68,7 @@ def test_inference_is_the_papers_model():
         torch.testing.assert_close(outputs.logits, reference.logits, rtol=0, atol=0)
         torch.testing.assert_close(outputs.pred_boxes, reference.pred_boxes, rtol=0, atol=0)
         assert outputs.training_queries is None
-    assert not any("_dn" in name for name in got_with_labels.loss_dict)
+    assert not any("_dn" in name or "one2many" in name for name in got_with_labels.loss_dict)
 
 
 def test_training_adds_denoising_queries_and_their_losses():
@@ -135,9 +141,10 @@ def test_denoising_queries_see_the_object_queries(monkeypatch):
     assert changed_queries(before, after).all()
 
 
-def test_batch_without_boxes_gives_every_parameter_a_gradient():
+@pytest.mark.parametrize("additions", [DN_DETR, {**DN_DETR, **ONE_TO_MANY}], ids=["denoising", "both"])
+def test_batch_without_boxes_gives_every_parameter_a_gradient(additions):
     """DistributedDataParallel waits for every parameter's gradient on every rank."""
-    _, model = pair()
+    _, model = pair(additions=additions)
     outputs = model.train()(images(), labels=NO_BOXES)
     assert outputs.training_queries["denoising"]["last_hidden_state"].shape[1] == 0
     assert torch.isfinite(outputs.loss)
@@ -145,8 +152,47 @@ def test_batch_without_boxes_gives_every_parameter_a_gradient():
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
-def test_saved_model_loads_in_transformers_with_the_same_outputs(tmp_path):
-    _, model = pair()
+def test_training_adds_one_to_many_queries_matched_to_repeated_targets():
+    _, model = pair(additions=ONE_TO_MANY)
+    outputs = model.train()(images(), labels=LABELS)
+    assert outputs.logits.shape == (2, 10, 4)  # the object queries only
+    one_to_many = outputs.training_queries["one_to_many"]
+    assert one_to_many["last_hidden_state"].shape == (2, 12, 64) and "denoising" not in outputs.training_queries
+    assert {"loss_ce_one2many", "loss_bbox_one2many", "loss_giou_one2many", "loss_ce_0_one2many"} <= set(
+        outputs.loss_dict)
+    # matched to LABELS repeated k = 3 times: every target is assigned three of the twelve queries
+    logits, boxes = model._heads(one_to_many["last_hidden_state"])
+    repeated = [{**t, "class_labels": t["class_labels"].repeat(3), "boxes": t["boxes"].repeat(3, 1)} for t in LABELS]
+    indices = SetCriterion.from_config(model.config).matcher(
+        {"logits": logits, "pred_boxes": boxes}, repeated)
+    assert [len(queries) for queries, _ in indices] == [6, 3]
+    error = sum((boxes[i, q] - repeated[i]["boxes"][t]).abs().sum() for i, (qs, ts) in enumerate(indices)
+                for q, t in zip(qs, ts))
+    torch.testing.assert_close(outputs.loss_dict["loss_bbox_one2many"], error / 9)
+    outputs.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.model.training_queries.one_to_many.weight.grad.abs().sum() > 0
+
+
+def test_object_queries_never_see_the_one_to_many_queries():
+    """H-DETR's mask: changed one-to-many queries change nothing of the object queries, whose outputs are the
+    paper's model's in the same training step (to rounding: the masked attention may take another kernel)."""
+    paper, model = pair(additions=ONE_TO_MANY)
+    with torch.no_grad():
+        expected = paper.train().model(images(), labels=LABELS)
+        got = model.train().model(images(), labels=LABELS)
+        model.model.training_queries.one_to_many.weight.mul_(-2.0)
+        perturbed = model.model(images(), labels=LABELS)
+    torch.testing.assert_close(got.intermediate_hidden_states, expected.intermediate_hidden_states)
+    torch.testing.assert_close(perturbed.intermediate_hidden_states, got.intermediate_hidden_states, rtol=0, atol=0)
+    changed = perturbed.training_queries["one_to_many"]["last_hidden_state"] - got.training_queries["one_to_many"][
+        "last_hidden_state"]
+    assert changed.abs().amax(dim=(0, 2)).gt(0).all() and expected.training_queries is None
+
+
+@pytest.mark.parametrize("additions", [DN_DETR, {**DN_DETR, **ONE_TO_MANY}], ids=["denoising", "both"])
+def test_saved_model_loads_in_transformers_with_the_same_outputs(tmp_path, additions):
+    _, model = pair(additions=additions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(2):  # trained with denoising: the shared weights and the training-only ones move
         optimizer.zero_grad()
