@@ -120,6 +120,16 @@ def denoising_self_attention_mask(num_denoising: int, groups: int, num_matching:
     return allowed
 
 
+def training_self_attention_mask(sizes: dict[str, int], denoising: DenoisingQueries | None,
+                                 device=None) -> torch.Tensor | None:
+    """The decoder's self-attention mask for queries laid out as `sizes` ({"denoising", "matching", "one_to_many"}
+    counts, in that order); None where the matching queries are alone and nothing needs hiding."""
+    if not sizes["denoising"] and not sizes["one_to_many"]:
+        return None
+    return denoising_self_attention_mask(sizes["denoising"], denoising.groups if denoising else 1, sizes["matching"],
+                                         sizes["one_to_many"], device=device)
+
+
 def split_queries(tensor: torch.Tensor, sizes: dict[str, int], dim: int = 1) -> dict[str, torch.Tensor]:
     """Cut the decoder's query dimension back into its parts, in the order [denoising | matching | one-to-many]."""
     parts = tensor.split(list(sizes.values()), dim=dim)

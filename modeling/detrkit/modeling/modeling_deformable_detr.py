@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_deformable_detr import DeformableDetrConfig
 from .deformable_attention import MultiScaleDeformableAttention
 from .deformable_transformer import DeformableDecoder, DeformableEncoder, encoder_output_proposals
-from .denoising import DenoisingQueries, denoising_self_attention_mask, split_queries
+from .denoising import DenoisingQueries, split_queries, training_self_attention_mask
 from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
 from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import box_position_embedding, build_position_encoding, inverse_sigmoid
@@ -320,11 +320,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             query_pos, tgt, reference_points = (torch.cat(pair, 1) for pair in parts)
         sizes = {"denoising": len(denoising) if denoising else 0, "matching": self.config.two_stage_num_proposals
                  if self.config.two_stage else self.config.num_queries, "one_to_many": num_one_to_many}
-        self_attention_mask = None
-        if sizes["denoising"] or num_one_to_many:
-            self_attention_mask = denoising_self_attention_mask(
-                sizes["denoising"], denoising.groups if denoising else 1, sizes["matching"], num_one_to_many,
-                device=tgt.device)
+        self_attention_mask = training_self_attention_mask(sizes, denoising, device=tgt.device)
 
         hidden, references, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_detr import DetrConfig
 from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
-from .denoising import DenoisingQueries, denoising_self_attention_mask, split_queries
+from .denoising import DenoisingQueries, split_queries, training_self_attention_mask
 from .detr_transformer import Decoder, Encoder
 from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import build_position_encoding
@@ -137,12 +137,7 @@ class DetrModel(DetrPreTrainedModel):
             query_pos, tgt = self._with_denoising_queries(denoising, query_pos, tgt)
         sizes = {"denoising": len(denoising) if denoising is not None else 0, "matching": self.config.num_queries,
                  "one_to_many": num_one_to_many}
-        self_attention_mask = None
-        if sizes["denoising"] or num_one_to_many:
-            self_attention_mask = denoising_self_attention_mask(
-                sizes["denoising"], denoising.groups if denoising else 1, sizes["matching"], num_one_to_many,
-                device=tgt.device,
-            )
+        self_attention_mask = training_self_attention_mask(sizes, denoising, device=tgt.device)
         output, intermediate, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt,
             memory,
