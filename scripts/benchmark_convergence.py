@@ -11,7 +11,7 @@ on the run's own model, batch and image size. Setups (issue 20, goals a-c):
   shapes-b, its schedule), without its time guard so that every recipe takes the same steps;
 - deformable-scratch-shapes-a: the shipped checkpoint's Deformable DETR (box refinement) with a random
   transformer on its ResNet-18 (the only trained backbone offline, standing in for ImageNet's), shapes-a, 12 epochs;
-- detr-r18-dc5-shapes-a: DETR R18-DC5 the same way (checkpoints/detr-shapes-a/training/RUN.md, stage 0) with
+- detr-r18-dc5-shapes-a: DETR R18-DC5 the same way (checkpoints/detr-shapes-a/training/RUN.md, its starting point) with
   the schedule of scripts/configs/detr_shapes_a.yaml, stopped by --max-minutes (wall minutes of training per
   recipe: 60 on 2 cores is about 2 CPU hours).
 
@@ -45,7 +45,7 @@ COMMON = ["--eval-every", "1", "--drawings", "false", "--report-to", "[]", "--ch
           "--overwrite-output-dir", "true"]
 QUICK = ["--epochs", "2", "--builtin-num-train", "4", "--builtin-num-val", "2", "--max-train-samples", "2",
          "--max-eval-samples", "2", "--image-size", "64", "--batch-size", "2", "--num-workers", "0"]
-# DETR R18-DC5 of checkpoints/detr-shapes-a (RUN.md, stage 0)
+# DETR R18-DC5 of checkpoints/detr-shapes-a (RUN.md, its starting point)
 DETR_R18_DC5 = dict(backbone="resnet18", dilation=True, d_model=128, encoder_layers=3, decoder_layers=3,
                     encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=512, decoder_ffn_dim=512,
                     num_queries=100, dropout=0.0, auxiliary_loss=True)
@@ -73,7 +73,7 @@ SETUPS = {
     "detr-r18-dc5-shapes-a": Setup(
         "DETR R18-DC5, random transformer on the shipped ResNet-18, shapes-a (detr_shapes_a.yaml's schedule)",
         ("--config", "scripts/configs/detr_shapes_a.yaml", "--set", "lr=null"),  # the recipe's, not the file's 1e-4
-        ("paper", "short-schedule"), initial="detr",
+        ("paper", "short-schedule", "fast"), initial="detr",
         max_minutes=60),
 }
 
