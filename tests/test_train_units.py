@@ -1,5 +1,6 @@
 """Fast checks of the training helpers: configuration, the papers' parameter groups and schedules, checkpoint
 loading checks, reproducible sampling, history files."""
+import copy
 import json
 import random
 
@@ -10,7 +11,7 @@ from detrkit.families import DEFORMABLE_DETR, DETR
 from detrkit.training.config import TrainConfig, apply_overrides, parse_config, resolve_recipe
 from detrkit.training.history import append_record, read_history, truncate_history
 from detrkit.training.models import apply_backbone_policy, check_loading, resolve_policy
-from detrkit.training.optim import build_scheduler, lr_factor, parameter_groups
+from detrkit.training.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
 from detrkit.training.sampling import EpochShuffleSampler, SeededAugmentation
 
 
@@ -67,6 +68,27 @@ def test_parameter_groups_follow_the_paper(tiny_deformable):
     grouped = sum(len(g["params"]) for g in groups.values())
     assert grouped == sum(p.requires_grad for p in tiny_deformable.parameters())  # frozen stem/layer1 left out
     assert all(g["weight_decay"] == 1e-4 for g in groups.values())
+
+
+def test_optimizer_is_fused_where_torch_can_and_steps_as_adamw(tiny_deformable):
+    optimizer = build_optimizer(tiny_deformable, lr=2e-4)
+    assert optimizer.defaults["fused"]  # on the CPU too: a dozen small ops per tensor cost as much as a DETR layer
+    assert not build_optimizer(tiny_deformable, lr=2e-4, device="meta").defaults["fused"]
+    reference = torch.optim.AdamW(parameter_groups(copy.deepcopy(tiny_deformable), lr=2e-4), lr=2e-4,
+                                  foreach=False)
+    params = [p for p in tiny_deformable.parameters() if p.requires_grad]
+    reference_params = [p for g in reference.param_groups for p in g["params"]]
+    fused_params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert len(params) == len(reference_params) == len(fused_params)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for fused, ref in zip(fused_params, reference_params):
+            fused.grad = torch.randn(fused.shape, generator=generator)
+            ref.grad = fused.grad.clone()
+        optimizer.step()
+        reference.step()
+    for fused, ref in zip(fused_params, reference_params):
+        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_backbone_policy(tiny_deformable):

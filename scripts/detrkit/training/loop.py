@@ -89,7 +89,7 @@ class TrainingLoop:
         config = self.config
         steps_per_epoch = max(1, self.batches_per_epoch // config.gradient_accumulation_steps)
         optimizer = build_optimizer(self.task.model, config.lr, config.lr_backbone_mult,
-                                    config.lr_linear_proj_mult, config.weight_decay)
+                                    config.lr_linear_proj_mult, config.weight_decay, self.accelerator.device)
         scheduler = build_scheduler(optimizer, steps_per_epoch * config.epochs, config.schedule,
                                     config.lr_drop_epoch * steps_per_epoch, config.lr_gamma, config.warmup_steps)
         self.model, self.optimizer, self.train_loader, self.eval_loader, self.scheduler = self.accelerator.prepare(

@@ -13,6 +13,7 @@ import torch
 
 BACKBONE_KEYS = ("backbone",)
 LINEAR_PROJ_KEYS = ("sampling_offsets", "reference_points")
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # where torch has a fused AdamW kernel
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, lr_backbone_mult: float = 0.1,
@@ -37,9 +38,13 @@ def parameter_groups(model: torch.nn.Module, lr: float, lr_backbone_mult: float 
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, lr_backbone_mult: float = 0.1,
-                    lr_linear_proj_mult: float = 0.1, weight_decay: float = 1e-4) -> torch.optim.AdamW:
+                    lr_linear_proj_mult: float = 0.1, weight_decay: float = 1e-4,
+                    device: torch.device | str | None = None) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`, with torch's fused kernel where the parameters will live (`device`,
+    default: where they are now): one kernel for all tensors instead of a dozen small ops per tensor."""
     groups = parameter_groups(model, lr, lr_backbone_mult, lr_linear_proj_mult, weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=device.type in FUSED_ADAMW_DEVICES)
 
 
 def lr_factor(step: int, total_steps: int, schedule: str = "step", drop_step: int | None = None,
