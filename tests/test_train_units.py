@@ -166,7 +166,7 @@ def test_numbers_without_a_dot_are_numbers(tmp_path):
     file.write_text("model: detr-resnet-50\ndata: shapes-b\nlr: 2e-4\nweight_decay: 1e-4\nepochs: 3\n")
     config = parse_config(["--config", str(file), "--set", "clip_grad_norm=1e-1"])
     assert (config.lr, config.weight_decay, config.clip_grad_norm, config.epochs) == (2e-4, 1e-4, 0.1, 3)
-    with pytest.raises(ValueError, match="'batch_size': expected a number"):
+    with pytest.raises(ValueError, match="--batch-size eight: config key 'batch_size': expected a number"):
         parse_config(["--batch-size", "eight"])
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         parse_config(["--model", "detr-resnet-50", "--data", "shapes-b", "--epochs", "-3"])

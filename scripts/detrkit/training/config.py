@@ -1,8 +1,13 @@
 """Training configuration: one flat dataclass, filled from defaults < config file < command line.
 
 Every field is also a command-line flag (`batch_size` -> `--batch-size 8`, booleans also bare: `--ema`) and can
-be set with `--set batch_size=8`; dict fields take dotted keys (`--set model_overrides.d_model=128`). Values are
-parsed as YAML, so `--set lr=2e-4`, `--set mixed_precision=bf16` and `--set scales=[128,160]` all work.
+be set with `--set batch_size=8`; dict fields take dotted keys (`--set model_overrides.d_model=128`).
+
+How text becomes a value, so that no folder or Hub id is ever read as something else: a flag keeps its field's
+type (`--output-dir 010` is the folder `010`; only list and dict flags such as `--scales '[128, 160]'` are read as
+YAML). `--set` values and config files are read as YAML, except that a field typed `str` (paths, ids, names) takes
+the text as written: `--set output_dir=null` and `output_dir: 2026-12-07` are folders of those names. An empty
+value (`--set resume=`, `resume:`) leaves the field unset; JSON config files are typed already and read as JSON.
 
 Which file: with neither `--model` nor `--data` (nor `--config`) the run is the demo, read from
 scripts/configs/finetune_shapes_b.yaml in the repository. Any other run starts from the defaults below, where
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from detrkit.cli.device import check_device_name
+from detrkit.cli.options import parse_bool
 from detrkit.errors import UsageError
 
 from ..checkout import checkout_root
@@ -40,6 +46,7 @@ LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
                 "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
 ALIASES = {"log_with": "report_to",  # earlier names, still read from config files and flags (hidden in --help)
            "predictions_image": "drawings"}
+STEP_FIELDS = ("detector_step",)  # dict fields that hold overrides of this config itself
 
 
 def option(default: Any = None, help: str = "", factory=None):
@@ -190,43 +197,91 @@ def repo_path(path: str | Path) -> Path:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """Read a YAML or JSON config file into a dict (JSON is valid YAML, so one parser reads both)."""
+    """Read a YAML or JSON config file into a dict; in YAML, `str` fields keep their text as written."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
+        values = json.loads(text) if path.suffix.lower() == ".json" else read_yaml_config(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
         raise UsageError(f"config file {path} is not valid YAML/JSON: {' '.join(str(error).split())}") from None
+    values = {} if values is None else values
     if not isinstance(values, dict):
         raise UsageError(f"config file {path}: expected a mapping of keys to values, got {type(values).__name__}")
     return values
 
 
+def read_yaml_config(text: str) -> Any:
+    """YAML, except that the value of a `str` field is its text as written (YAML 1.1 would turn `010` into 8,
+    `on` into True, `2026-12-07` into a date and `null` into None)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if isinstance(node, yaml.MappingNode):
+            return _construct_config(loader, node)
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _construct_config(loader: yaml.SafeLoader, mapping: yaml.MappingNode) -> dict:
+    values = {}
+    for key_node, value_node in mapping.value:
+        key = loader.construct_object(key_node, deep=True)
+        name = ALIASES.get(key, key) if isinstance(key, str) else key
+        if name in STEP_FIELDS and isinstance(value_node, yaml.MappingNode):
+            values[key] = _construct_config(loader, value_node)  # a config of its own
+        elif is_text_field(name) and isinstance(value_node, yaml.ScalarNode):
+            values[key] = value_node.value if value_node.value != "" or value_node.style else None
+        else:
+            values[key] = loader.construct_object(value_node, deep=True)
+    return values
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply `key=value` strings (value parsed as YAML; `a.b=v` sets key b of dict field a)."""
+    """Apply `key=value` strings (`a.b=v` sets key b of dict field a): the value is read as YAML unless the key is
+    a `str` field (then it is the text as written); an empty value unsets the key."""
     values = json.loads(json.dumps(values))  # deep copy of plain data
     for item in overrides:
         if "=" not in item:
             raise UsageError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw  # e.g. a Windows path or an unbalanced bracket: keep the text
         *parents, leaf = key.strip().split(".")
+        parents = [ALIASES.get(parent, parent) for parent in parents]
+        leaf = ALIASES.get(leaf, leaf) if not parents or parents[-1] in STEP_FIELDS else leaf
         target = values
         for parent in parents:
-            target = target.setdefault(ALIASES.get(parent, parent), {})
+            target = target.setdefault(parent, {})
             if not isinstance(target, dict):
                 raise UsageError(f"--set {item!r}: {parent!r} is not a mapping")
-        target[ALIASES.get(leaf, leaf) if not parents else leaf] = value
+        target[leaf] = _override_value(raw, text=is_text_field(leaf) and (not parents or parents[-1] in STEP_FIELDS))
     return values
 
 
+def _override_value(raw: str, text: bool) -> Any:
+    if raw == "":
+        return None
+    if text:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw  # e.g. an unbalanced bracket: keep the text
+
+
+def field_types() -> dict[str, str]:
+    """Each field's annotation as written (`from __future__ import annotations`: e.g. "str | None")."""
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+
+def is_text_field(name: Any) -> bool:
+    return field_types().get(name, "").startswith("str")
+
+
 def _coerce(name: str, value: Any, annotation: str) -> Any:
-    """Give each value its field's type back (YAML 1.1 reads `2e-4` as a string and `no` as False), or say
-    which key has a value of the wrong kind."""
+    """Give each value its field's type (YAML 1.1 reads `2e-4` as a string), or say which key has a value of
+    the wrong kind."""
     if value is None:
         return None
     if annotation.startswith("bool"):
@@ -234,12 +289,8 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             raise UsageError(f"{name}: expected true or false, got {value!r}")
         return value
     if annotation.startswith("str"):
-        if isinstance(value, bool):  # YAML 1.1 reads on / off / yes / no as booleans
-            if "on" in CHOICES.get(name, ()):
-                return "on" if value else "off"  # `--memory-savers on`
-            return "yes" if value else "no"  # e.g. `--mixed-precision no`, accelerate's own spelling
-        if isinstance(value, (int, float)):
-            return str(value)
+        if isinstance(value, os.PathLike) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return str(os.fspath(value) if isinstance(value, os.PathLike) else value)  # JSON's 10, a Path
         if not isinstance(value, str):
             raise UsageError(f"{name}: expected a string, got {value!r}")
         return value
@@ -267,8 +318,20 @@ def build_config(values: dict) -> TrainConfig:
     unknown = sorted(set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise UsageError(f"unknown config key(s) {unknown}; valid keys: {TrainConfig.field_names()}")
-    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-    return validate(TrainConfig(**{k: _coerce(k, v, types[k]) for k, v in values.items()}))
+    values = {k: _coerce(k, v, field_types()[k]) for k, v in values.items()}
+    for name in STEP_FIELDS:
+        if values.get(name):
+            values[name] = step_overrides(name, values[name])
+    return validate(TrainConfig(**values))
+
+
+def step_overrides(name: str, values: dict) -> dict:
+    """A step's overrides of the config (`detector_step`), checked and typed as the config's own keys."""
+    values = {ALIASES.get(k, k): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(TrainConfig.field_names()))
+    if unknown:
+        raise UsageError(f"{name}: unknown config key(s) {unknown}")
+    return {k: _coerce(f"{name}.{k}", v, field_types()[k]) for k, v in values.items()}
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -330,15 +393,30 @@ def shown_default(f: dataclasses.Field) -> str:
 
 
 def add_field_option(group, f: dataclasses.Field) -> None:
-    """`--name VALUE` for a field; booleans also bare (`--ema`); flags default to None so that only the flags
-    actually given override the config file."""
+    """`--name VALUE` for a field (its text typed by `flag_value`); booleans also bare (`--ema`); flags default to
+    None so that only the flags actually given override the config file."""
     is_bool = str(f.type).startswith("bool")
     # choices shown, not enforced by argparse: `validate` refuses a wrong one in one line, from a file too
     choices = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else None
     group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                        metavar=choices or METAVARS.get(f.name, "BOOL" if is_bool else None),
-                       nargs="?" if is_bool else None, const="true" if is_bool else None,
+                       nargs="?" if is_bool else None, const=True if is_bool else None,
                        help=f.metadata.get("help", "") + shown_default(f))
+
+
+def flag_value(name: str, text: str | bool) -> Any:
+    """A flag's text as its field's type: text fields keep it as written, numbers and booleans are parsed as
+    such, lists and dicts are written in YAML. A wrong value is one line naming the flag."""
+    annotation = field_types()[name]
+    if annotation.startswith("str") or text is True:  # True: a bare boolean flag
+        return text
+    try:
+        if annotation.startswith("bool"):
+            return parse_bool(text)
+        value = text if annotation.startswith(("int", "float")) else yaml.safe_load(text)
+        return _coerce(name, value, annotation)
+    except (argparse.ArgumentTypeError, UsageError, yaml.YAMLError) as error:
+        raise UsageError(f"--{name.replace('_', '-')} {text}: {' '.join(str(error).split())}") from None
 
 
 def argument_parser(description: str = "Train or fine-tune a DETR-family detector") -> argparse.ArgumentParser:
@@ -346,22 +424,25 @@ def argument_parser(description: str = "Train or fine-tune a DETR-family detecto
         prog="detrkit train", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Precedence: defaults < --config file < flags < --set. With neither --model nor --data the run is "
                "the demo (scripts/configs/finetune_shapes_b.yaml).\nBooleans: --ema, --ema true, --ema false. "
-               "Values are read as YAML: --model-overrides '{d_model: 128}', --scales '[128, 160]'.\n"
+               "Flags keep their type (--output-dir 010 is the folder 010); list and dict flags are YAML: "
+               "--model-overrides '{d_model: 128}', --scales '[128, 160]'.\n"
                "Add --debug to see a traceback on errors.")
     parser.add_argument("--config", default=None,
                         help="YAML or JSON file with any of the keys below, spelled with underscores (default: "
                              "the demo file for the demo, none otherwise)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key, value read as YAML (repeatable); dotted keys reach into dict "
-                             "fields: --set model_overrides.d_model=128 --set lr=2e-4")
+                        help="override a key (repeatable), value read as YAML except for text fields (paths, "
+                             "ids), which take it as written; dotted keys reach into dict fields: "
+                             "--set model_overrides.d_model=128 --set lr=2e-4")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for title, names in GROUPS.items():
         group = parser.add_argument_group(title)
         for name in names:
             add_field_option(group, fields[name])
     for old, new in ALIASES.items():
-        parser.add_argument(f"--{old.replace('_', '-')}", dest=new, default=None, nargs="?", const="true",
-                            help=argparse.SUPPRESS)
+        is_bool = field_types()[new].startswith("bool")
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=new, default=None, nargs="?" if is_bool else None,
+                            const=True if is_bool else None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -386,8 +467,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = argument_parser().parse_args(argv)
     config_file = args.config if args.config is not None else (demo_config_file() if is_demo(args) else None)
     values = load_config_file(find_in_repository(config_file) or config_file) if config_file else {}
-    flags = [f"{name}={getattr(args, name)}" for name in TrainConfig.field_names() if getattr(args, name) is not None]
-    config = build_config(apply_overrides(values, flags + args.overrides))
+    flags = {name: flag_value(name, getattr(args, name)) for name in TrainConfig.field_names()
+             if getattr(args, name) is not None}
+    config = build_config(apply_overrides({**values, **flags}, args.overrides))
     if config.data is None or config.model is None:
         missing, given = ("--model", "--data") if config.model is None else ("--data", "--model")
         example = "a preset such as deformable-detr, a checkpoint folder or a Hub id" if missing == "--model" \
@@ -490,8 +572,17 @@ def resolve_recipe(config: TrainConfig, family: ModelFamily) -> TrainConfig:
     return resolve_for_data(config, family, 0, True)[0]
 
 
+class ConfigDumper(yaml.SafeDumper):
+    """YAML that reads back as the same config: unset fields are written empty (`resume:`), since `null` in a
+    text field is the text "null"."""
+
+
+ConfigDumper.add_representer(type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
+
+
 def format_config(config: TrainConfig, notes: list[str]) -> str:
     """The effective configuration as YAML, then what was chosen for this run and why."""
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None, width=120).rstrip()
+    text = yaml.dump(config.to_dict(), Dumper=ConfigDumper, sort_keys=False, default_flow_style=None,
+                     width=120).rstrip()
     return "effective configuration:\n" + "\n".join(f"  {line}" for line in text.splitlines()) + \
         ("\nchosen for this run: " + "; ".join(notes) if notes else "")
