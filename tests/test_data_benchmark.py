@@ -1,9 +1,9 @@
-"""scripts/benchmark_data.py runs end to end at a small scale (its figures are not checked: the machine is shared)."""
+"""scripts/benchmarks/benchmark_data.py runs end to end at a small scale (its figures are not checked: the machine is shared)."""
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_data.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmarks" / "benchmark_data.py"
 
 
 def test_benchmark_data_runs_at_small_scale(tmp_path):

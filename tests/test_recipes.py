@@ -138,7 +138,7 @@ def test_quick_benchmark_table_plot_and_exported_configs(tmp_path):
     out, plot = tmp_path / "out", tmp_path / "plot.png"
     env = dict(os.environ, OMP_NUM_THREADS="2")
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark_convergence.py"), "--quick", "--recipes", "paper,fast",
+        [sys.executable, str(REPO / "scripts" / "benchmarks" / "benchmark_convergence.py"), "--quick", "--recipes", "paper,fast",
          "--output-dir", str(out), "--plot", str(plot), "--data-cache", str(tmp_path / "data")],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -155,8 +155,8 @@ def test_quick_benchmark_table_plot_and_exported_configs(tmp_path):
 
 
 def benchmark_module():
-    """scripts/benchmark_convergence.py as a module (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_convergence", REPO / "scripts" / "benchmark_convergence.py")
+    """scripts/benchmarks/benchmark_convergence.py as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_convergence", REPO / "scripts" / "benchmarks" / "benchmark_convergence.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # (its dataclasses look it up)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,4 @@
-"""scripts/benchmark_detr_vs_deformable.py on a tiny setting: both detectors start from the demo checkpoint's
+"""scripts/benchmarks/benchmark_detr_vs_deformable.py on a tiny setting: both detectors start from the demo checkpoint's
 backbone, train the same epochs, and the comparison (table, json, plot) comes out."""
 import json
 import os
@@ -18,7 +18,7 @@ def test_same_backbone_same_budget_and_comparison_outputs(tmp_path):
     out = tmp_path / "cmp"
     env = dict(os.environ, OMP_NUM_THREADS="2", DETRKIT_DISABLE_KERNELS="1")
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark_detr_vs_deformable.py"), "--epochs", "2",
+        [sys.executable, str(REPO / "scripts" / "benchmarks" / "benchmark_detr_vs_deformable.py"), "--epochs", "2",
          "--image-size", "64", "--max-train-samples", "4", "--max-eval-samples", "4", "--batch-size", "2",
          "--num-workers", "0", "--data-cache", str(tmp_path / "data"), "--output-dir", str(out)],
         env=env, capture_output=True, text=True, timeout=900)

@@ -18,7 +18,7 @@ feature-map sizes into symbols and then specialises them where they reach `torch
 trace records those sizes as graph values. Deformable attention is exported through its PyTorch path
 (`grid_sample`, ONNX opset >= 16): a standard op every ONNX runtime has, where the compiled kernel would need a
 custom-op library next to the file, so the file runs anywhere. The price is speed: grid_sample is slower than
-the kernel (scripts/benchmark_onnx.py --op; figures in docs/export.md). `--msda-op detrkit` writes it as
+the kernel (scripts/benchmarks/benchmark_onnx.py --op; figures in docs/export.md). `--msda-op detrkit` writes it as
 one custom node instead, which onnxruntime runs with detrkit's kernel through onnxruntime-extensions: faster, but
 the file then needs Python with detrkit and onnxruntime-extensions to run (`detrkit.deploy.onnx_session` loads it;
 see onnx_custom_ops.py).

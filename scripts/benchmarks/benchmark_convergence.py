@@ -15,9 +15,9 @@ on the run's own model, batch and image size. Setups (issue 20, goals a-c):
   the schedule of scripts/configs/detr_shapes_a.yaml, stopped by --max-minutes (wall minutes of training per
   recipe: 60 on 2 cores is about 2 CPU hours).
 
-    python scripts/benchmark_convergence.py --setup finetune-shapes-b
-    python scripts/benchmark_convergence.py --setup detr-r18-dc5-shapes-a --max-minutes 60
-    python scripts/benchmark_convergence.py --quick --recipes paper,fast      # smoke run: tiny sizes, 2 epochs
+    python scripts/benchmarks/benchmark_convergence.py --setup finetune-shapes-b
+    python scripts/benchmarks/benchmark_convergence.py --setup detr-r18-dc5-shapes-a --max-minutes 60
+    python scripts/benchmarks/benchmark_convergence.py --quick --recipes paper,fast      # smoke run: tiny sizes, 2 epochs
 
 Other arguments go to every `detrkit train` (e.g. --data-cache DIR, --builtin-num-train 2048). Writes
 <output-dir>/<setup>/<recipe>/ (full training runs), convergence.json and the plot (AP vs epoch, AP vs CPU minutes).
@@ -39,7 +39,7 @@ from pathlib import Path
 from detrkit.errors import UsageError
 from detrkit.training.recipes import get_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "checkpoints" / "deformable-detr-shapes-a"  # its ResNet-18 starts setups b and c
 COMMON = ["--eval-every", "1", "--drawings", "false", "--report-to", "[]", "--checkpoint-every", "0",
           "--overwrite-output-dir", "true"]

@@ -11,8 +11,8 @@ objects. Both detectors here get the same of everything the comparison is not ab
 - the same data (shapes-b by default: other classes than the backbone saw), epochs, batch size, lr drop at
   2/3, augmentation and seed; an evaluation after every epoch.
 
-    python scripts/benchmark_detr_vs_deformable.py                      # 24 epochs each, ~35 min on 2 cores
-    python scripts/benchmark_detr_vs_deformable.py --epochs 50 --data shapes-a --backbone random
+    python scripts/benchmarks/benchmark_detr_vs_deformable.py                      # 24 epochs each, ~35 min on 2 cores
+    python scripts/benchmarks/benchmark_detr_vs_deformable.py --epochs 50 --data shapes-a --backbone random
 
 Writes <output-dir>/{detr,deformable}/ (each a full training run: history.jsonl, metrics.json, model/),
 comparison.png (AP and AP_small per epoch, both models) and comparison.json; prints the per-epoch table and
@@ -33,7 +33,7 @@ from detrkit.training.train import train
 from detrkit.families import DEFORMABLE_DETR, DETR
 from detrkit.training.models import make_processor
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "deformable-detr-shapes-a"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "deformable-detr-shapes-a"
 SHARED_ARCHITECTURE = dict(backbone="resnet18", d_model=128, encoder_layers=3, decoder_layers=3,
                            encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=512,
                            decoder_ffn_dim=512, num_queries=100, auxiliary_loss=True, dropout=0.0)

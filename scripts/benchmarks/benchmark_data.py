@@ -15,8 +15,8 @@ then measures, each in a fresh process so that nothing is shared by accident:
 
 Goals (issue 10): first load <= 60 s, cached load <= 5 s, <= 300 MB resident for the records, workers <= 1.2x.
 
-    nice -n 10 python scripts/benchmark_data.py [--num-images 118287] [--num-boxes 860001] [--workers 4]
-    python scripts/benchmark_data.py --num-images 2000        # a quick run
+    nice -n 10 python scripts/benchmarks/benchmark_data.py [--num-images 118287] [--num-boxes 860001] [--workers 4]
+    python scripts/benchmarks/benchmark_data.py --num-images 2000        # a quick run
 """
 from __future__ import annotations
 

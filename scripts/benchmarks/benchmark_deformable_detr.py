@@ -4,9 +4,9 @@ Each case (implementation x forward / train step) runs in its own subprocess, so
 Forward: eval mode, no_grad. Train step: forward + set loss (with auxiliary losses) + backward.
 Random weights, fp32, a 1x3x800x1066 image (the paper's evaluation size for a 4:3 photo).
 
-    python scripts/benchmark_deformable_detr.py                 # detrkit with and without its kernels
-    python scripts/benchmark_deformable_detr.py --variant two-stage --repeats 2
-    python scripts/benchmark_deformable_detr.py --modes train --kernels on --activation-checkpointing
+    python scripts/benchmarks/benchmark_deformable_detr.py                 # detrkit with and without its kernels
+    python scripts/benchmarks/benchmark_deformable_detr.py --variant two-stage --repeats 2
+    python scripts/benchmarks/benchmark_deformable_detr.py --modes train --kernels on --activation-checkpointing
 
 detrkit's train step runs with its memory savers on, as `detrkit train` does on the CPU (`--memory-savers off`
 measures the plain modules). `--activation-checkpointing` turns on transformers' activation checkpointing of the

@@ -8,7 +8,7 @@ a trained model's do), target size 800x1066, stuff classes fused. Checks that bo
 detrkit runs its fused CPU kernel (detrkit.kernels.panoptic_merge) when it builds; `--no-kernel` measures the
 PyTorch path it falls back to instead.
 
-    python scripts/benchmark_panoptic.py [--repeats 5] [--threads 2] [--kept 100] [--no-kernel]
+    python scripts/benchmarks/benchmark_panoptic.py [--repeats 5] [--threads 2] [--kept 100] [--no-kernel]
 """
 import argparse
 import os

@@ -4,8 +4,8 @@ Shape: the Deformable DETR encoder on one 800x1066 image (levels 100x134, 50x67,
 queries; 8 heads x 32 channels, 4 levels x 4 points). Sampling locations are what a trained encoder
 produces: each query's reference point (its pixel centre) plus offsets of a few pixels, softmax weights.
 
-    python scripts/benchmark_msda.py                       # CPU, fp32, 2 threads
-    python scripts/benchmark_msda.py --device cuda --dtypes float32 float16 bfloat16
+    python scripts/benchmarks/benchmark_msda.py                       # CPU, fp32, 2 threads
+    python scripts/benchmarks/benchmark_msda.py --device cuda --dtypes float32 float16 bfloat16
 
 Prints milliseconds (median of --repeat runs) and the speed-up of the kernel over each baseline, all
 measured in the same run.

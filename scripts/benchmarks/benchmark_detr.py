@@ -4,7 +4,7 @@ Each (implementation, measurement) runs in its own subprocess so peak RSS belong
 Random weights, fp32, 1x3x800x1066 by default. Prints median latency, peak RSS and the ratios
 (transformers / detrkit: above 1 means detrkit is faster / smaller).
 
-    python scripts/benchmark_detr.py [--threads 2] [--repeats 5] [--rounds 2] [--height 800 --width 1066]
+    python scripts/benchmarks/benchmark_detr.py [--threads 2] [--repeats 5] [--rounds 2] [--height 800 --width 1066]
 
 On a shared machine, rounds alternate the two implementations so load changes hit both alike.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """onnxruntime (CPU) against detrkit's PyTorch eager path, same process, same input, same thread count.
 
-    nice -n 10 python scripts/benchmark_onnx.py [--models detr-resnet-50 deformable-detr] [--size 800 1066] [--op]
+    nice -n 10 python scripts/benchmarks/benchmark_onnx.py [--models detr-resnet-50 deformable-detr] [--size 800 1066] [--op]
 
 Random weights (presets), batch 1, fp32. Each model is exported with `detrkit export` (traced at a smaller size:
 the graph's height and width are dynamic); Deformable DETR twice: the portable file (deformable attention as

@@ -3,7 +3,7 @@
 Workload: 8 PIL images 640x480 with 5 COCO boxes each, full preprocessing (resize to 800x1066, rescale,
 normalize, pad, pixel mask, labels). Prints both rates and their ratio; the machine's noise cancels in the ratio.
 
-    python scripts/benchmark_processor.py [--repeats 30] [--threads 2]
+    python scripts/benchmarks/benchmark_processor.py [--repeats 30] [--threads 2]
 """
 import argparse
 import time

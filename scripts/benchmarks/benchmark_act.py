@@ -14,7 +14,7 @@ against the data's ground truth for the exact model and ACT at each L, and agree
 scored against the exact model's detections (score >= --agreement-threshold) as ground truth. `--mtkd NAME=PATH`
 adds ACT students fine-tuned with MTKD (`detrkit train --distill-from`), evaluated at their own saved L.
 
-    nice -n 10 python scripts/benchmark_act.py --output-dir outputs/benchmark_act \
+    nice -n 10 python scripts/benchmarks/benchmark_act.py --output-dir outputs/benchmark_act \
         --checkpoint checkpoints/detr-shapes-a --data ~/.cache/detrkit/data/shapes-a-128px-6144-256
 
 Writes results.json, a Markdown table (table.md) and a plot (act_tradeoff.png) to --output-dir.
