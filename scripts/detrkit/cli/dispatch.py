@@ -18,6 +18,8 @@ COMMANDS = {  # name -> (module, one-line summary)
     "visualize": ("detrkit.deploy.visualize_command", "draw what a model attends to"),
     "demo": ("detrkit.deploy.demo_command", "start the Gradio web demo"),
     "space": ("detrkit.deploy.space", "write a Hugging Face Space (app.py + requirements) for a model"),
+    "refresh-code": ("detrkit.deploy.refresh_code",
+                     "rewrite a save_pretrained folder's remote-code files from this detrkit (--check: report)"),
 }
 
 
