@@ -135,7 +135,7 @@ def test_version_and_debug(capsys):
 
 def test_train_device_cpu_is_accelerate_cpu(monkeypatch):
     from detrkit.training.config import parse_config
-    from detrkit.training.device import select_device, uses_cpu
+    from detrkit.training.accelerate_device import select_device, uses_cpu
 
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     config = parse_config(["--model", "m", "--data", "d", "--device", "cpu"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detrkit.data.builtin.drawing import draw_image
+from detrkit.data.builtin.shape_drawing import draw_image
 from detrkit.data.builtin.panoptic_shapes import write_builtin_panoptic_dataset
 from detrkit.data.coco_panoptic import load_coco_panoptic
 from detrkit.data.collator import DetectionCollator

@@ -107,10 +107,10 @@ def test_unknown_recipe_lists_the_names():
 
 
 def load(model: str, recipe: str, **overrides):
-    from detrkit.training.models import load_model
+    from detrkit.training.models import resolve_model
 
     config = build_config(dict(model=model, data="shapes-a", recipe=recipe, model_overrides=overrides))
-    loaded = load_model(config, log=lambda line: None)
+    loaded = resolve_model(config, log=lambda line: None)
     return loaded.adapt_to_labels({0: "a", 1: "b"}, log=lambda line: None), loaded.recipe_note
 
 

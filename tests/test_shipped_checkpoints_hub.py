@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import run_without_detrkit
 
-from detrkit.inference.loading import load_model
+from detrkit.inference.loading import load_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["checkpoints/detr-shapes-a", "checkpoints/deformable-detr-shapes-a"]
@@ -34,7 +34,7 @@ PLAIN_TRANSFORMERS = textwrap.dedent(
 
 @pytest.mark.parametrize("folder", SHIPPED)
 def test_shipped_checkpoint_loads_with_plain_transformers(folder, tmp_path):
-    model, _ = load_model(str(ROOT / folder))
+    model, _ = load_for_inference(str(ROOT / folder))
     pixel_values = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         outputs = model(pixel_values)

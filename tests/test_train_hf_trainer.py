@@ -8,7 +8,7 @@ from detrkit.data import DetectionCollator, DetectionDataset
 from detrkit.processing import DetrImageProcessor
 from detrkit.inference.coco_evaluation import coco_metric, predict
 from detrkit.training.config import TrainConfig
-from detrkit.training.data import load_split, resolve_source
+from detrkit.training.detection_data import load_split, resolve_source
 from detrkit.training.hf_trainer import EVAL_IGNORE_KEYS, TrainerCocoMetric
 from detrkit.training.optim import build_optimizer
 

@@ -266,9 +266,9 @@ def test_remote_code_only_when_asked(monkeypatch):
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
     monkeypatch.setattr(transformers.AutoModelForObjectDetection, "from_pretrained", from_pretrained)
     def train_load(trust):
-        return models.load_model(TrainConfig(model="someone/custom", data="d", trust_remote_code=trust))
+        return models.resolve_model(TrainConfig(model="someone/custom", data="d", trust_remote_code=trust))
 
-    for load in (train_load, lambda trust: loading.load_model("someone/custom", trust_remote_code=trust)):
+    for load in (train_load, lambda trust: loading.load_for_inference("someone/custom", trust_remote_code=trust)):
         with pytest.raises(ValueError, match="needs its own code from the Hub.*add --trust-remote-code"):
             load(False)
         with pytest.raises(OSError, match="stop here"):

@@ -13,7 +13,7 @@ av = pytest.importorskip("av")
 from detrkit.inference.video import predict_video  # noqa: E402
 from detrkit.modeling import DetrConfig, DetrForObjectDetection  # noqa: E402
 from detrkit.processing import DetrImageProcessor  # noqa: E402
-from detrkit.data.builtin.drawing import draw_image  # noqa: E402
+from detrkit.data.builtin.shape_drawing import draw_image  # noqa: E402
 
 FRAMES, SIZE, THRESHOLD = 6, 96, 0.53
 

@@ -133,7 +133,7 @@ def train_args(args, setup: Setup, recipe: str, run_dir: Path, initial: Path | N
 def prepare_data(arguments: list[str]) -> None:
     """Generate a built-in set before the runs, so that no recipe's CPU minutes include making it."""
     from detrkit.training.config import parse_config
-    from detrkit.training.data import resolve_source
+    from detrkit.training.detection_data import resolve_source
 
     resolve_source(parse_config(arguments), log=lambda *_: None)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from detrkit.training.config import build_config
-from detrkit.training.data import load_split, resolve_source
+from detrkit.training.detection_data import load_split, resolve_source
 from detrkit.training.history import read_history
 from detrkit.training.train import train
 from detrkit.families import DEFORMABLE_DETR, DETR

@@ -29,7 +29,7 @@ import torch
 from detrkit.deploy.export import export_onnx
 from detrkit.deploy.onnx_custom_ops import onnx_session
 from detrkit.families import DEFORMABLE_DETR, family_of
-from detrkit.inference.loading import load_model
+from detrkit.inference.loading import load_for_inference
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -118,7 +118,7 @@ def op_benchmark(size, repeats, threads):
 def load(name: str):
     """A model of `detrkit export`'s kinds, or `PRESET:act`: the DETR preset with ACT's encoder, random weights."""
     if not name.endswith(":act"):
-        return load_model(name)[0]
+        return load_for_inference(name)[0]
     from detrkit.modeling import DetrForObjectDetection, config_from_preset
 
     config = config_from_preset(name[:-len(":act")], use_pretrained_backbone=False, encoder_attention_type="act")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .device import DEVICE_HELP, check_device_name
+from .device_option import DEVICE_HELP, check_device_name
 
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 

@@ -21,7 +21,7 @@ from .visualize import attention_maps, draw, one_detection
 
 def example_image(folder: str | Path) -> Path:
     """The bundled example: a picture of the built-in shapes data set (drawn, not downloaded)."""
-    from detrkit.data.builtin.drawing import draw_image
+    from detrkit.data.builtin.shape_drawing import draw_image
 
     path = Path(folder) / "shapes-example.png"
     if not path.exists():
@@ -59,11 +59,11 @@ def detections_picture(image: Image.Image, maps: dict, indices: list[int], thres
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_segmentation_masks
 
-    from detrkit.inference.drawing import draw as draw_boxes
+    from detrkit.inference.detection_drawing import draw_detections
 
     found = maps["detections"]
     picked = {k: torch.as_tensor(found[k][indices]) for k in ("scores", "labels", "boxes")}
-    canvas = draw_boxes(image, picked, id2label)
+    canvas = draw_detections(image, picked, id2label)
     outputs = maps.get("outputs")
     if getattr(outputs, "pred_masks", None) is not None and indices:
         segments = processor.post_process_panoptic_segmentation(

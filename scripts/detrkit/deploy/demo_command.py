@@ -40,12 +40,13 @@ def demo(args) -> int:
     import tempfile
     from pathlib import Path
 
-    from detrkit.cli.device import resolve_device
-    from detrkit.inference.loading import load_model
+    from detrkit.cli.device_option import resolve_device
+    from detrkit.inference.loading import load_for_inference
 
     from .demo import build_app, example_image
 
-    model, processor = load_model(args.model, resolve_device(args.device), trust_remote_code=args.trust_remote_code)
+    model, processor = load_for_inference(args.model, resolve_device(args.device),
+                                          trust_remote_code=args.trust_remote_code)
     examples = args.example or [example_image(tempfile.mkdtemp(prefix="detrkit-demo-"))]
     app = build_app(model, processor, examples, args.title or f"detrkit: {Path(args.model).name}")
     app.launch(server_name=args.host, server_port=args.port)

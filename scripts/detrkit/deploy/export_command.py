@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(args) -> int:
-    from detrkit.cli.device import resolve_device
-    from detrkit.inference.loading import load_model
+    from detrkit.cli.device_option import resolve_device
+    from detrkit.inference.loading import load_for_inference
 
     from .export import export_onnx
 
     device = resolve_device(args.device)
-    model, _ = load_model(args.model, device, trust_remote_code=args.trust_remote_code)
+    model, _ = load_for_inference(args.model, device, trust_remote_code=args.trust_remote_code)
     path = export_onnx(model, args.output, args.opset, args.pixel_mask, args.postprocess, args.top_k,
                        tuple(args.example_size), msda_op=args.msda_op)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB), onnx.checker passed")

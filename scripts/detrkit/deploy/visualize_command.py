@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def visualize(args) -> int:
     from detrkit.data.images import open_image
-    from detrkit.inference.loading import load_model
+    from detrkit.inference.loading import load_for_inference
 
     from .visualize import attention_maps, draw
 
     image = open_image(args.image).convert("RGB")  # before the model: a wrong path fails at once
-    model, processor = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    model, processor = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
     maps = attention_maps(model, processor, image, args.threshold, args.pixel)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     figure = draw(image, maps, id2label, args.max_detections)

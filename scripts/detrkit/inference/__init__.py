@@ -4,7 +4,7 @@ training nor deploy.
 
 loading.py            MODEL (save_pretrained folder, Hub id or preset name) -> model in eval mode + its processor
 detections.py         detections of PIL images above a threshold, and as JSON-ready dicts
-drawing.py            detections drawn onto images; a grid of a few evaluation images
+detection_drawing.py  detections drawn onto images; a grid of a few evaluation images
 image_sources.py      predict's inputs: files, folders, globs, URLs -> sources with distinct output names
 predict_command.py    `detrkit predict`: detections as JSON and drawn, COCO results on a data set's split
 video.py              detection on video files: an annotated copy and per-frame JSON

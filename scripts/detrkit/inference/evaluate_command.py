@@ -87,19 +87,19 @@ def predict_split(model, processor, records, args, device) -> dict[int, dict]:
 
 
 def evaluate_command(args) -> dict:
-    from detrkit.cli.device import resolve_device
+    from detrkit.cli.device_option import resolve_device
     from detrkit.families import family_of
     from detrkit.metrics.coco import coco_evaluate
 
     from .coco_evaluation import format_table
     from .label_mapping import map_model_labels, remap_detections
-    from .loading import load_model
+    from .loading import load_for_inference
 
     if args.batch_size < 1 or (args.max_eval_samples is not None and args.max_eval_samples < 1):
         raise ValueError("--batch-size and --max-eval-samples must be >= 1")
     device = resolve_device(args.device)
     records = load_records(args)
-    model, processor = load_model(args.model, device, trust_remote_code=args.trust_remote_code)
+    model, processor = load_for_inference(args.model, device, trust_remote_code=args.trust_remote_code)
     categories = records.categories
     mapping, matched_by = map_model_labels(model.config.id2label, list(categories.names),
                                            list(getattr(categories, "original_ids", None) or []) or None)

@@ -14,17 +14,17 @@ def looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.endswith("/") or spec.count("/") > 1 or "\\" in spec
 
 
-def load_model(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
+def load_for_inference(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False):
     """(model in eval mode, its image processor). detrkit's classes and transformers' own DETR / Deformable DETR
     load without remote code; a repository whose code must run needs `trust_remote_code=True` from the user."""
     from detrkit.modeling import PRESETS
 
     if name_or_path in PRESETS and not Path(name_or_path).exists():
-        return from_preset(name_or_path, device)
+        return preset_for_inference(name_or_path, device)
     return from_pretrained(name_or_path, device, trust_remote_code)
 
 
-def from_preset(name: str, device: str = "cpu"):
+def preset_for_inference(name: str, device: str = "cpu"):
     """A preset's detector with random weights (no download: the backbone too) and its family's processor."""
     from detrkit.families import family_of
     from detrkit.modeling import config_from_preset

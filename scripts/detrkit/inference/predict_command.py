@@ -84,10 +84,10 @@ def check_arguments(args) -> None:
 
 
 def predict_command(args) -> dict:
-    from detrkit.cli.device import resolve_device
+    from detrkit.cli.device_option import resolve_device
     from detrkit.families import family_of
 
-    from .loading import load_model
+    from .loading import load_for_inference
     from .video import is_video, predict_video
 
     check_arguments(args)
@@ -95,7 +95,7 @@ def predict_command(args) -> dict:
     images = [item for item in args.inputs if not is_video(item)]
     sources, records = data_sources(args) if args.data else (collect_sources(images) if images else [], None)
     device = resolve_device(args.device)
-    model, processor = load_model(args.model, device, trust_remote_code=args.trust_remote_code)
+    model, processor = load_for_inference(args.model, device, trust_remote_code=args.trust_remote_code)
     threshold = args.threshold if args.threshold is not None else family_of(model).drawing_threshold
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def predict_images(model, processor, sources: list[Source], args, threshold: flo
     from torchvision.transforms.v2 import functional as F
 
     from .detections import detect, to_json
-    from .drawing import draw
+    from .detection_drawing import draw_detections
 
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     out = Path(args.output_dir)
@@ -131,7 +131,7 @@ def predict_images(model, processor, sources: list[Source], args, threshold: flo
         for (source, name), image, detections in zip(chunk, images, found):
             results[source.name] = to_json(detections, id2label)
             if args.drawings:
-                F.to_pil_image(draw(image, detections, id2label)).save(out / f"{name}.png")
+                F.to_pil_image(draw_detections(image, detections, id2label)).save(out / f"{name}.png")
             if to_original is not None:
                 coco += coco_results(detections, source.image_id, to_original)
             print(f"{source.name}: {len(results[source.name])} object(s) at score >= {threshold:g}")

@@ -1,8 +1,8 @@
 """Detection on video files (PyAV): an annotated copy of the video and the detections of every frame as JSON.
 
 `detrkit predict MODEL clip.mp4` dispatches here for video suffixes; `predict_video` is the API. Frames are
-decoded, detected in batches with the same `detect` / `draw` as images (detections.py, drawing.py), and encoded
-at the input's frame rate.
+decoded, detected in batches with the same `detect` / `draw_detections` as images (detections.py,
+detection_drawing.py), and encoded at the input's frame rate.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def predict_video(model, processor, video: str | Path, output_dir: str | Path, t
     from torchvision.transforms.v2 import functional as F
 
     from .detections import detect, to_json
-    from .drawing import draw
+    from .detection_drawing import draw_detections
 
     video, output_dir = Path(video), Path(output_dir)
     if not video.is_file():
@@ -65,7 +65,7 @@ def predict_video(model, processor, video: str | Path, output_dir: str | Path, t
         images = [image for image, _ in batch]
         for (image, time), detections in zip(batch, detect(model, processor, images, threshold, device)):
             frames.append({"frame": len(frames), "time": time, "detections": to_json(detections, id2label)})
-            canvas = F.to_pil_image(draw(image, detections, id2label))
+            canvas = F.to_pil_image(draw_detections(image, detections, id2label))
             if output is None:
                 output, stream = _open_output(output_dir / f"{video.stem}.annotated.mp4", rate, *canvas.size)
             picture = av.VideoFrame.from_image(canvas).reformat(stream.width, stream.height, "yuv420p")

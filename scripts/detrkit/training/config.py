@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from detrkit.cli.device import check_device_name
+from detrkit.cli.device_option import check_device_name
 from detrkit.cli.options import parse_bool
 from detrkit.errors import UsageError
 

@@ -16,13 +16,13 @@ from detrkit.inference.coco_evaluation import evaluate, format_table
 
 from .checkpoint import usual_permissions
 from .config import TrainConfig, format_config, launcher_settings, resolve_for_data, resolve_for_model
-from .data import load_data
+from .detection_data import load_data
 from .distillation import build_distiller
 from .history import read_history
 from .loop import Trained, fit
 from .memory_savers import apply_memory_savers, memory_savers_wanted
 from .run_card import write_run_card
-from .models import load_model
+from .models import resolve_model
 from .recipes import get_recipe
 from .run_folder import make_accelerator
 from .sampling import EpochShuffleSampler, SeededAugmentation
@@ -55,7 +55,7 @@ def prepare_run(config: TrainConfig):
     config, notes = launcher_settings(config)
     config, accelerator = make_accelerator(config)
     set_seed(config.seed)
-    loaded = load_model(config, log=accelerator.print)
+    loaded = resolve_model(config, log=accelerator.print)
     config, model_notes = resolve_for_model(config, loaded.family, loaded.processor_size, is_builtin(config.data))
     loaded.size_processor(config)
     if not loaded.pretrained and not is_builtin(config.data):
@@ -121,7 +121,7 @@ def export_run(config: TrainConfig, accelerator: Accelerator, trained: Trained, 
         usual_permissions(export)
         print(format_table(metrics))
         if config.drawings:
-            from detrkit.inference.drawing import draw_eval_predictions
+            from detrkit.inference.detection_drawing import draw_eval_predictions
 
             draw_eval_predictions(trained.model, loaded.processor, data, output / "predictions.png",
                                   threshold=config.threshold, device=accelerator.device)

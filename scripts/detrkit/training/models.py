@@ -111,7 +111,7 @@ def label_kwargs(id2label: dict) -> dict:
     return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
 
-def load_model(config: TrainConfig, log=print) -> LoadedModel:
+def resolve_model(config: TrainConfig, log=print) -> LoadedModel:
     spec, overrides = config.model, dict(config.model_overrides or {})
     path = repo_path(spec)
     # checkpoints/ holds the checkpoints the repository ships; until one is there, fall back (loudly)
@@ -121,11 +121,11 @@ def load_model(config: TrainConfig, log=print) -> LoadedModel:
             f"{config.fallback_model}; expect a much lower mAP; scripts/configs/pretrain_shapes_a.yaml makes it)")
         path = Path(spec)
     if spec in preset_names():
-        loaded = from_preset(spec, overrides, config)
+        loaded = resolve_preset(spec, overrides, config)
     elif not path.exists() and looks_like_path(spec):
         raise FileNotFoundError(f"--model {spec}: no such folder (and not a preset: {', '.join(preset_names())})")
     else:
-        loaded = from_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
+        loaded = resolve_checkpoint(str(path) if (path / "config.json").exists() else spec, overrides, config)
     return loaded
 
 
@@ -158,7 +158,7 @@ def make_processor(family: ModelFamily, config: TrainConfig, base=None):
     return base
 
 
-def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
+def resolve_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     probe = preset_config(name, **overrides)
     family = family_of_type(probe.model_type)
     overrides, recipe_note = with_recipe(config, family, probe, overrides, checkpoint=False)
@@ -180,7 +180,7 @@ def from_preset(name: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     return loaded
 
 
-def from_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedModel:
+def resolve_checkpoint(spec: str, overrides: dict, config: TrainConfig) -> LoadedModel:
     _modeling()  # registers detrkit's Auto classes
     remote = {"trust_remote_code": True} if config.trust_remote_code else {}
     checkpoint_config = load_checkpoint_config(spec, remote)

@@ -52,7 +52,7 @@ def save_pictures(model, processor, data: SegmentationData, predictions: dict, o
     from detrkit.data.images import open_image
 
     from detrkit.inference.detections import detect
-    from detrkit.inference.drawing import draw, save_grid
+    from detrkit.inference.detection_drawing import draw_detections, save_grid
 
     records = list(data.eval_records)[:count]
     images = [open_image(record.image).convert("RGB") for record in records]
@@ -60,7 +60,7 @@ def save_pictures(model, processor, data: SegmentationData, predictions: dict, o
     save_grid([draw_panoptic(image, predictions[r.image_id]["segmentation"], predictions[r.image_id]["segments_info"],
                              id2label) for image, r in zip(images, records)], output / "panoptic.png")
     detections = detect(model, processor, images, threshold, device)
-    save_grid([draw(image, d, id2label) for image, d in zip(images, detections)], output / "predictions.png")
+    save_grid([draw_detections(image, d, id2label) for image, d in zip(images, detections)], output / "predictions.png")
 
 
 __all__ = ["colour", "draw_panoptic", "save_pictures"]

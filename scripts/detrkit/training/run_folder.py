@@ -15,7 +15,7 @@ from detrkit.errors import UsageError
 
 from .checkpoint import read_index, resolve_resume
 from .config import TrainConfig, default_output_dir
-from .device import uses_cpu
+from .accelerate_device import uses_cpu
 
 
 def make_accelerator(config: TrainConfig) -> tuple[TrainConfig, Accelerator]:

@@ -35,7 +35,7 @@ from .config import TrainConfig, repo_path, resolve_for_data, resolve_for_model
 from .detection import quiet_logging
 from .frozen_detector_cache import FrozenDetectorCache, collate_cached, default_max_bytes, head_loss
 from .loop import Trained, fit
-from .models import load_model
+from .models import resolve_model
 from .panoptic_drawing import save_pictures
 from .run_folder import make_accelerator
 from .sampling import StreamShuffleSampler
@@ -85,7 +85,7 @@ def prepare_run(config: TrainConfig):
     config, accelerator = make_accelerator(config)
     set_seed(config.seed)
     log = accelerator.print
-    loaded = load_model(config, log=log)
+    loaded = resolve_model(config, log=log)
     config, model_notes = resolve_for_model(config, loaded.family, loaded.processor_size,
                                             builtin_data=str(config.data).startswith("shapes-"))
     loaded.size_processor(config)

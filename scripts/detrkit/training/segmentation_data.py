@@ -60,7 +60,7 @@ def load_segmentation_data(config: TrainConfig, processor, log=print) -> Segment
                                 train.id2label, evaluation.records, train.stuff_label_ids, train.label2category,
                                 train.categories)
 
-    from .data import load_split, resolve_source
+    from .detection_data import load_split, resolve_source
 
     source = resolve_source(config, log)
     train, evaluation = (load_split(source, split, config, log) for split in (config.train_split, config.eval_split))

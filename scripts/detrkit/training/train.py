@@ -16,7 +16,7 @@ from detrkit.cli.runner import run_command
 def main(argv: list[str] | None = None) -> int:
     def command(args):
         from .config import parse_config
-        from .device import select_device
+        from .accelerate_device import select_device
 
         config = parse_config(args)
         select_device(config)  # before anything starts CUDA

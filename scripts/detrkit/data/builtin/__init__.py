@@ -1,10 +1,10 @@
 """Built-in data sets, drawn from a seed and written the way user data arrives (COCO / COCO panoptic files).
 
-drawing.py          the shapes, their colour styles, and painting them onto a background
+shape_drawing.py    the shapes, their colour styles, and painting them onto a background
 shapes.py           shapes-a / shapes-b: detection sets in COCO layout (boxes + RLE instance masks)
 panoptic_shapes.py  shapes-b-panoptic / shapes-a-panoptic: the same objects over stuff bands, COCO panoptic layout
 """
-from .drawing import draw_image
+from .shape_drawing import draw_image
 from .panoptic_shapes import BUILTIN_PANOPTIC_DATASETS, BuiltinPanopticDataset, write_builtin_panoptic_dataset
 from .shapes import BUILTIN_DATASETS, BuiltinDataset, builtin_categories, write_builtin_dataset
 

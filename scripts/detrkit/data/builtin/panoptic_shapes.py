@@ -25,7 +25,7 @@ from PIL import Image
 
 from detrkit.processing.segmentation_annotations import id_to_rgb
 
-from .drawing import REFERENCE_SIZE, draw_objects, hsv, shape_style
+from .shape_drawing import REFERENCE_SIZE, draw_objects, hsv, shape_style
 from .shapes import SPLITS
 
 __all__ = ["BUILTIN_PANOPTIC_DATASETS", "BuiltinPanopticDataset", "builtin_panoptic_categories",

@@ -8,7 +8,7 @@ Two sets with disjoint classes, so that moving from one to the other needs a new
 
 Everything is written the way user data arrives (PNG images + ``instances_<split>.json`` with bbox, area,
 iscrowd, category_id and RLE instance masks), so the built-in data travels the same loading path as
-user data. Each image is drawn (``drawing.py``) from its own generator seeded by (seed, split, index):
+user data. Each image is drawn (``shape_drawing.py``) from its own generator seeded by (seed, split, index):
 deterministic per seed and independent of how many images are requested.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .drawing import STYLES, draw_image, shape_style
+from .shape_drawing import STYLES, draw_image, shape_style
 
 __all__ = ["BUILTIN_DATASETS", "SPLITS", "BuiltinDataset", "builtin_categories", "write_builtin_dataset"]
 

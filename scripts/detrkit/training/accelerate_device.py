@@ -36,6 +36,6 @@ def select_device(config, environ=os.environ) -> None:
         if visible and index >= len(visible):
             raise UsageError(f"--device {device}: CUDA_VISIBLE_DEVICES={','.join(visible)} shows {len(visible)} GPU(s)")
         environ["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
-    from detrkit.cli.device import resolve_device
+    from detrkit.cli.device_option import resolve_device
 
     resolve_device("cuda" if device.startswith("cuda") else device)  # refuse a device this machine lacks

@@ -13,7 +13,7 @@ from detrkit.data.images import open_image
 from .detections import detect
 
 
-def draw(image: Image.Image, detections: dict, id2label: dict) -> torch.Tensor:
+def draw_detections(image: Image.Image, detections: dict, id2label: dict) -> torch.Tensor:
     """(3, H, W) uint8 image with labelled boxes; small images are upscaled first so the text stays legible."""
     scale = max(1, round(384 / max(image.size)))
     canvas = F.pil_to_tensor(image.convert("RGB"))
@@ -39,4 +39,4 @@ def draw_eval_predictions(model, processor, data, path: str | Path, threshold: f
     images = [open_image(r.image).convert("RGB") for r in records]
     id2label = model.config.id2label
     detections = detect(model, processor, images, threshold, device)
-    save_grid([draw(im, d, id2label) for im, d in zip(images, detections)], path)
+    save_grid([draw_detections(im, d, id2label) for im, d in zip(images, detections)], path)
