@@ -151,6 +151,17 @@ def test_sampling_depends_on_seed_and_epoch_only():
     assert not torch.equal(data[1][0], a[0])
 
 
+def test_segmentation_steps_shuffle_as_detection_does():
+    from detrkit.training.segmentation import train_loader
+
+    loader = train_loader(list(range(20)), list, TrainConfig(model="m", data="d", batch_size=4, seed=3), 0)
+    assert isinstance(loader.sampler, EpochShuffleSampler)
+    loader.sampler.set_epoch(2)
+    reference = EpochShuffleSampler(20, seed=3)
+    reference.set_epoch(2)
+    assert [i for batch in loader for i in batch] == list(reference)
+
+
 def test_history_survives_a_resume(tmp_path):
     path = tmp_path / "history.jsonl"
     for epoch in (1, 2, 3):

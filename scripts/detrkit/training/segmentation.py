@@ -38,7 +38,7 @@ from .loop import Trained, fit
 from .models import resolve_model
 from .panoptic_drawing import save_pictures
 from .run_folder import make_accelerator
-from .sampling import StreamShuffleSampler
+from .sampling import EpochShuffleSampler
 from .segmentation_data import SegmentationData, load_segmentation_data, segmentation_collator
 from .segmentation_evaluation import SegmentationEvaluation
 from .segmentation_model import carry_over_class_rows, segmentation_model
@@ -121,8 +121,7 @@ def train_mask_step(model, data: SegmentationData, config: TrainConfig, accelera
         cache = FrozenDetectorCache.build(model, data.train, segmentation_collator(data.train.processor),
                                           config.eval_batch_size or config.batch_size, default_max_bytes(),
                                           accelerator.print)
-        # the order this step had before it joined the one loop (its loader then ran outside accelerate)
-        loader = train_loader(cache, collate_cached, config, num_workers=0, iterators_per_epoch=2)
+        loader = train_loader(cache, collate_cached, config, num_workers=0)
         loss = cached_head_loss
     else:
         loader = train_loader(data.train, segmentation_collator(data.train.processor), config, config.num_workers)
@@ -157,10 +156,9 @@ def step_resume(resume: str | None, run_dir: Path) -> str | None:
     return resume if own else "latest"
 
 
-def train_loader(dataset, collate_fn, config: TrainConfig, num_workers: int, iterators_per_epoch: int = 1
-                 ) -> DataLoader:
-    """Shuffled batches in the order the segmentation steps have always had (sampling.py), resumable."""
-    sampler = StreamShuffleSampler(len(dataset), config.seed, iterators_per_epoch)
+def train_loader(dataset, collate_fn, config: TrainConfig, num_workers: int) -> DataLoader:
+    """Shuffled batches in an order drawn from (seed, epoch) alone, as detection's (sampling.py): resumable."""
+    sampler = EpochShuffleSampler(len(dataset), config.seed)
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                       drop_last=True, collate_fn=collate_fn, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(config.seed))  # worker seeds: the global RNG untouched
