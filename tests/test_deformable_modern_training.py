@@ -104,10 +104,11 @@ def test_matching_queries_never_see_the_ground_truth():
     before_matching, before = decoded_parts(model, labels)
     after_matching, after = decoded_parts(model, labels, perturb=2)  # class 2: image 0's second box only
     torch.testing.assert_close(after_matching, before_matching, rtol=0, atol=0)
-    torch.testing.assert_close(after["one_to_many"]["hidden"], before["one_to_many"]["hidden"], rtol=0, atol=0)
+    hidden = "intermediate_hidden_states"
+    torch.testing.assert_close(after["one_to_many"][hidden], before["one_to_many"][hidden], rtol=0, atol=0)
     layout = before["denoising"]["layout"]
     assert layout == {"groups": 1, "group_size": 4, "contrastive": True}  # 2 // 2 boxes: one group of 2 x 2
-    changed = (after["denoising"]["hidden"] - before["denoising"]["hidden"]).abs().amax(dim=(1, 3))  # (B, P)
+    changed = (after["denoising"][hidden] - before["denoising"][hidden]).abs().amax(dim=(1, 3))  # (B, P)
     assert changed[0].gt(0).all() and changed[1].eq(0).all()  # image 1 has no class-2 box: its queries unchanged
 
 
