@@ -78,13 +78,14 @@ def test_gray_and_rgba_become_rgb(processor):
 
 
 def test_crowd_degenerate_and_partly_outside_boxes(processor):
-    """Crowd and zero-size boxes are dropped, a box sticking out is clipped, all in the documented way."""
+    """Crowd, zero-size and outside boxes are dropped, a box sticking out is clipped, all in the documented way."""
     objects = [
         box([10, 10, 20, 20], 1, iscrowd=0, area=400.0),
         box([10, 10, 20, 20], 2, iscrowd=1),
         box([10, 10, 0, 20], 3),  # zero width
         box([50, 30, 30, 30], 4),  # 10x10 inside a 60x40 image after clipping
         box([0, 40, 5, 0], 5),  # zero height, on the bottom border
+        box([100, 2, 3, 4], 6), box([-10, 2, 5, 4], 7),  # entirely outside: zero size once clipped
     ]
     labels = processor(image(40, 60), annotations=annotation(*objects), do_resize=False)["labels"][0]
     assert labels["class_labels"].tolist() == [1, 4]
@@ -102,10 +103,9 @@ BAD_ANNOTATIONS = [
     (annotation(box([1, 2, 3, -4])), r"annotation 0: .*negative width or height"),
     (annotation(box([1, float("nan"), 3, 4])), r"annotation 0: 'bbox' has NaN or inf"),
     (annotation(box([1, 2, float("inf"), 4])), r"annotation 0: 'bbox' has NaN or inf"),
-    (annotation(box([100, 2, 3, 4])), r"annotation 0: 'bbox' .* lies entirely outside the 60x40"),
-    (annotation(box([-10, 2, 5, 4])), r"lies entirely outside"),
-    (annotation(box([0.1, 0.2, 0.3, 0.4]), box([0.5, 45, 3, 4])), r"annotation 1: .*entirely outside"),
-    (annotation(box(["a", 2, 3, 4])), r"annotation 0: non-numeric"),
+    (annotation(box(["a", 2, 3, 4])), r"annotation 0: 'bbox' must be 4 numbers"),
+    (annotation(box({1, 2, 3, 4})), r"annotation 0: 'bbox' must be 4 numbers"),
+    (annotation(box([1, 2, 3, 4], category_id="a")), r"annotation 0: non-numeric"),
     (annotation(box("1234")), r"'bbox' must be 4 numbers"),
     (annotation({"category_id": 1, "segmentation": [[1, 2, 3, 4, 5, 6]]}), r"no 'bbox' .*segmentation-only"),
     (annotation({"bbox": [1, 2, 3, 4]}), r"annotation 0: no 'category_id'"),

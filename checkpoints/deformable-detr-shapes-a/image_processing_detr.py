@@ -7,9 +7,9 @@
 Annotation conventions, the same for every entry point:
 - `area` defaults to the box's width * height and `iscrowd` to 0 when absent.
 - Crowd objects (`iscrowd=1`) are dropped, as DETR trains without them.
-- Boxes are clipped to the image; boxes with zero width or height (given so, or after clipping) are dropped.
-  A box of positive size lying entirely outside the image is an error: it means the coordinates are wrong
-  (normalized instead of pixels, or another image's annotation).
+- Boxes follow the one box rule (box_rule.py, shared with `detrkit data check` and the data readers): a box
+  crossing the image edge is clipped to it; zero width or height, or entirely outside the image, dropped;
+  NaN / inf, negative width or height, or not 4 numbers, an error.
 - Normalized boxes (cx, cy, w, h) are relative to the resized image, not to the padded canvas, as in the DETR
   authors' code: the model predicts boxes relative to the visible image (its sine position encoding is normalized
   over the pixel mask) and `post_process_object_detection` scales them by the image's own size. transformers
@@ -18,14 +18,12 @@ Annotation conventions, the same for every entry point:
 The processor follows transformers' torchvision-backed image processors (kwargs, save/load, Auto classes), but the
 batch is built in one pass: each image is resized as uint8 and written, rescaled and normalized in one fused
 multiply-add, straight into its slot of the padded output, instead of normalize -> pad -> stack copies.
-This file imports only installed packages and its own folder (segmentation_postprocessing.py), so it travels
-with that one file as Hub remote code.
+This file imports only installed packages and its own folder (box_rule.py, segmentation_annotations.py,
+segmentation_postprocessing.py), so it travels with those files as Hub remote code.
 """
 
 import io
-import math
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
@@ -46,6 +44,7 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs
 
+from .box_rule import DROPPED, MalformedBoxError, apply_box_rule, parse_box
 from .segmentation_annotations import (
     SegmentationAnnotationError, coco_instance_masks, coco_panoptic_to_target, pad_masks, resize_masks,
 )
@@ -228,10 +227,11 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int,
         if "category_id" not in obj:
             raise DetrProcessingError(f"{where}: no 'category_id' field")
         bbox = obj["bbox"]
-        if not isinstance(bbox, (Sequence, np.ndarray, torch.Tensor)) or isinstance(bbox, str) or len(bbox) != 4:
-            raise DetrProcessingError(f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {bbox!r}")
         try:
-            x, y, w, h = (float(v) for v in bbox)
+            x, y, w, h = parse_box(bbox)
+        except MalformedBoxError as error:
+            raise DetrProcessingError(f"{where}: {error}") from None
+        try:
             category = int(obj["category_id"])
             area = float(obj.get("area", w * h))
             iscrowd = int(obj.get("iscrowd", 0))
@@ -239,26 +239,14 @@ def coco_detection_to_target(annotation, index: int, height: int, width: int,
             raise DetrProcessingError(f"{where}: non-numeric field ({error}) in {obj!r}") from error
         if category < 0:  # the model's class head would reject it later, far from the annotation at fault
             raise DetrProcessingError(f"{where}: 'category_id' must be 0 or more, got {obj['category_id']!r}")
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            raise DetrProcessingError(f"{where}: 'bbox' has NaN or inf: {bbox!r}")
-        if w < 0 or h < 0:
-            raise DetrProcessingError(
-                f"{where}: 'bbox' {list(bbox)!r} has negative width or height (COCO boxes are [x, y, width, height])"
-            )
-        if w > 0 and h > 0 and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
-            raise DetrProcessingError(
-                f"{where}: 'bbox' {list(bbox)!r} lies entirely outside the {width}x{height} (width x height) image"
-            )
         boxes.append((x, y, w, h))
         classes.append(category)
         areas.append(area)
         crowd.append(iscrowd)
 
-    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    boxes[:, 0::2].clamp_(min=0, max=width)
-    boxes[:, 1::2].clamp_(min=0, max=height)
-    keep = (torch.tensor(crowd, dtype=torch.int64) == 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    corners, outcome = apply_box_rule(boxes, width, height)
+    boxes = torch.from_numpy(corners)
+    keep = (torch.tensor(crowd, dtype=torch.int64) == 0) & ~torch.from_numpy(np.isin(outcome, DROPPED))
     classes = torch.tensor(classes, dtype=torch.int64)[keep]
     target = {
         "image_id": torch.tensor([image_id], dtype=torch.int64),
