@@ -18,6 +18,7 @@ PARSERS = {  # command line -> the function that builds its parser
     ("visualize",): "detrkit.deploy.visualize_command:argument_parser",
     ("demo",): "detrkit.deploy.demo_command:argument_parser",
     ("space",): "detrkit.deploy.space:argument_parser",
+    ("refresh-code",): "detrkit.deploy.refresh_code:argument_parser",
 }
 COMMANDS = list(PARSERS)
 
