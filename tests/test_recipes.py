@@ -179,7 +179,7 @@ def test_setups_train_the_same_steps_from_a_random_transformer_on_the_shipped_ba
         assert (config.recipe, config.eval_every, config.max_train_minutes) == ("fast", 1, setup.max_minutes)
         assert config.model == (str(initial) if setup.initial else "checkpoints/deformable-detr-shapes-a")
         assert config.data_cache == str(tmp_path / "data")
-        assert config.lr is None  # each recipe's own (detr_shapes_a.yaml's 1e-4 is the shipped run's)
+        assert config.lr is None  # each recipe's own, not detr_shapes_a.yaml's 1e-4
     # --set is detrkit train's, not an abbreviation of the benchmark's --setup
     args = bench.parse_args(["--setup", "finetune-shapes-b", "--set", "lr=4e-4"])
     assert parse_config(bench.train_args(args, bench.SETUPS[args.setup], "paper", tmp_path / "run", None)).lr == 4e-4

@@ -5,7 +5,7 @@ Each recipe is one `python -m detrkit train --recipe NAME` run of the same setup
 history.jsonl gives AP per epoch, the child's CPU time (getrusage of the waited-for children: the run and its
 data workers) gives CPU minutes, spread over the epochs in proportion to their wall time. Images per second in a
 training step (forward, backward, optimizer step on batches loaded beforehand) are timed here, in this process,
-on the run's own model, batch and image size. Setups (issue 20, goals a-c):
+on the run's own model, batch and image size. Setups:
 
 - finetune-shapes-b: the main job (scripts/configs/finetune_shapes_b.yaml: the shipped checkpoint fine-tuned on
   shapes-b, its schedule), without its time guard so that every recipe takes the same steps;

@@ -13,7 +13,7 @@ then measures, each in a fresh process so that nothing is shared by accident:
    /proc/PID/smaps_rollup. ``--records list`` runs the same pass over a plain Python list of the records, the
    copy-on-read baseline the Arrow table replaces.
 
-Goals (issue 10): first load <= 60 s, cached load <= 5 s, <= 300 MB resident for the records, workers <= 1.2x.
+Targets: first load <= 60 s, cached load <= 5 s, <= 300 MB resident for the records, workers <= 1.2x.
 
     nice -n 10 python scripts/benchmarks/benchmark_data.py [--num-images 118287] [--num-boxes 860001] [--workers 4]
     python scripts/benchmarks/benchmark_data.py --num-images 2000        # a quick run

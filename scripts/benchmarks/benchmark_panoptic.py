@@ -1,6 +1,6 @@
 """Panoptic post-processing time of detrkit's DetrImageProcessor against transformers', same run, same outputs.
 
-Workload: the issue's case, 2 images x 100 queries, COCO panoptic's 250 classes (+ "no object"), mask logits at
+Workload: 2 images x 100 queries, COCO panoptic's 250 classes (+ "no object"), mask logits at
 1/4 of 800x1066 (a noisy disc per query, the discs tiling the image so that segments survive the overlap test as
 a trained model's do), target size 800x1066, stuff classes fused. Checks that both give the same segments
 (without fusing), prints both median times and their ratio; the machine's noise cancels in the ratio.

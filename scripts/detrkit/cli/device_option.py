@@ -1,7 +1,7 @@
 """`--device` as every command reads it: cpu, cuda, cuda:N or mps (ultralytics' `device=`, Trainer's `--use_cpu`).
 
-Default (None): cuda when torch sees a GPU, else cpu, as before the flag existed. torch is imported only when a
-command runs, never for --help.
+Default (None): cuda when torch sees a GPU, else cpu. torch is imported only when a command runs, never for
+--help.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def open_image(image: Any) -> Image.Image:
 
 
 def check_mode(check_images: bool | str) -> CheckImages:
-    """``True`` (decode every image, as before) / ``False`` (trust the declared sizes) or a mode by name."""
+    """``True`` (decode every image) / ``False`` (trust the declared sizes) or a mode by name."""
     mode = {True: "decode", False: "none"}.get(check_images, check_images) if isinstance(check_images, bool) \
         else check_images
     if mode not in ("header", "decode", "none"):

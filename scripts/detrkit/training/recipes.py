@@ -53,7 +53,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "paper": Recipe("the papers' recipe: Hungarian matching of the queries alone (as trained until now)"),
+    "paper": Recipe("the papers' recipe: Hungarian matching of the queries alone"),
     # the papers' learning rates were tuned for 50-500 COCO epochs; with denoising steadying the matching, a short
     # run learns faster at 4x (docs/benchmarks.md, "Convergence")
     "short-schedule": Recipe("denoising at 4x the paper's learning rate: for fine-tuning and other short runs",
