@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention
+from detrkit.modeling.deformable_sampling import multi_scale_deformable_attention
 
 
 def per_point_msda(value, spatial_shapes, sampling_locations, attention_weights):

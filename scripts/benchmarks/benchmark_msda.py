@@ -17,7 +17,7 @@ import time
 import torch
 
 from detrkit.kernels import kernel_status, load_kernel, multi_scale_deformable_attention
-from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
+from detrkit.modeling.deformable_sampling import multi_scale_deformable_attention as reference
 
 SHAPES = [(100, 134), (50, 67), (25, 34), (13, 17)]
 

@@ -73,7 +73,7 @@ def op_benchmark(size, repeats, threads):
     """Deformable attention alone, Deformable DETR R50's encoder shape, each way it can run."""
     from detrkit.deploy.onnx_custom_ops import OPSET, msda_node
     from detrkit.kernels import multi_scale_deformable_attention as kernel
-    from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
+    from detrkit.modeling.deformable_sampling import multi_scale_deformable_attention as reference
 
     value, shapes, spatial_shapes, start, locations, weights = encoder_inputs(size)
 

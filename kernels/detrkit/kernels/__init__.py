@@ -5,7 +5,7 @@
                                               sampling_locations, attention_weights)
 
 Same signature, shapes and results as the PyTorch reference
-`detrkit.modeling.multi_scale_deformable_attention.multi_scale_deformable_attention`. The call runs the CUDA
+`detrkit.modeling.deformable_sampling.multi_scale_deformable_attention`. The call runs the CUDA
 kernel for CUDA tensors, the CPU kernel for CPU tensors, and the reference when `use_kernel=False`, when
 DETRKIT_DISABLE_KERNELS=1, on other devices, or when the kernel cannot be built (a one-line warning says why,
 once). Nothing is compiled at import; the first call builds (about a minute) into a cache, see `build.py`.

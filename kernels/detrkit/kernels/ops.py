@@ -21,7 +21,7 @@ from .build import load_kernel
 def reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """The op in plain PyTorch, for devices and builds without a kernel: bilinear `grid_sample` per level
     (align_corners=False, zero padding), weighted over levels x points. The model keeps its own copy
-    (modeling/multi_scale_deformable_attention.py, which must run without detrkit installed); this package imports
+    (modeling/deformable_sampling.py, which must run without detrkit installed); this package imports
     nothing from modeling, and tests/test_kernels_cpu.py holds the two equal."""
     batch_size, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape

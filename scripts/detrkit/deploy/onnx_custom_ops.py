@@ -56,9 +56,9 @@ def msda_node(value, spatial_shapes, level_start_index, sampling_locations, atte
 def custom_msda_export(model):
     """Within the block, each traced deformable attention of `model` records the custom node instead of its
     GridSample graph (through the modules' documented sampling seam)."""
-    from detrkit.modeling.deformable_attention import override_sampling
+    from detrkit.modeling.seams import override_seam
 
-    return override_sampling(model, msda_node)
+    return override_seam(model, "sampling_function", msda_node)
 
 
 def uses_custom_op(path: str | Path) -> bool:

@@ -61,29 +61,23 @@ def record_sampling(model):
     """Within the block, every deformable attention call appends {"module", "sampling_locations" (B, Q, heads,
     L, P, 2) normalized (x, y), "attention_weights" (B, Q, heads, L, P), "spatial_shapes"} to the yielded list:
     the arguments the module passes to its sampling op (through its documented `sampling_function` seam), which
-    then samples as it would have."""
-    from detrkit.modeling.deformable_attention import MultiScaleDeformableAttention
+    then samples as it would have (through an override already in place, if any, which comes back afterwards)."""
+    from detrkit.modeling.seams import override_seam
 
     records = []
 
-    def recorder(name, module):
+    def recorder(name, module, previous):
+        sample = previous or module.default_sampling
+
         def record(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
             records.append({"module": name, "sampling_locations": sampling_locations.detach().cpu(),
                             "attention_weights": attention_weights.detach().cpu(),
                             "spatial_shapes": [tuple(int(v) for v in s) for s in spatial_shapes]})
-            return module.default_sampling(value, spatial_shapes, level_start_index, sampling_locations,
-                                           attention_weights)
+            return sample(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
         return record
 
-    modules = {name: module for name, module in model.named_modules()
-               if isinstance(module, MultiScaleDeformableAttention)}
-    for name, module in modules.items():
-        module.sampling_function = recorder(name, module)
-    try:
+    with override_seam(model, "sampling_function", function_of=recorder):
         yield records
-    finally:
-        for module in modules.values():
-            del module.sampling_function
 
 
 def _last(records, part: str) -> dict:

@@ -12,8 +12,8 @@ Four savers, each exact (gradients equal the plain modules' to rounding, tests/t
 - CPU dropout keeps a bool mask drawn four 16-bit uniforms per 64-bit random word, instead of a float mask
   drawn element by element.
 
-The first and third go through the seams the model's modules document (`feed_forward_function` of the
-transformer layers, `query_projection_function` of the deformable attentions); dropout and layer norm modules are
+The first and third go through the seams the model's modules document (detrkit.modeling.seams:
+`feed_forward_function` of the transformer layers, `query_projection_function` of the deformable attentions); dropout and layer norm modules are
 replaced by drop-in subclasses sharing their parameters. No new parameters, buffers or hooks, nothing a checkpoint
 sees. Where a saver does not apply (inference, autocast, another activation, hooked or adapted linears, CUDA),
 the plain forward runs.
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
+
+from detrkit.modeling.seams import clear_seam, set_seam
 
 # --- feed-forward: recompute the hidden activation ------------------------------------------------------------
 
@@ -283,22 +285,19 @@ def _replace_children(model: nn.Module, replacement_of) -> None:
 
 def apply_memory_savers(model: nn.Module) -> nn.Module:
     """Switch the savers on, in place (returns the model): exact-type nn.Dropout and nn.LayerNorm modules, and the
-    seams of every module that declares one. Weights, state-dict keys and outputs stay as they are;
-    `remove_memory_savers` undoes it."""
+    seams of the module types that declare them (detrkit.modeling.seams). Weights, state-dict keys and outputs stay
+    as they are; `remove_memory_savers` undoes it."""
     _replace_children(model, _saving_module)
-    for module in model.modules():
-        for seam, function in SEAMS.items():
-            if hasattr(type(module), seam):
-                setattr(module, seam, function)
+    for seam, function in SEAMS.items():
+        set_seam(model, seam, function)
     return model
 
 
 def remove_memory_savers(model: nn.Module) -> nn.Module:
     """The plain modules back, in place."""
     _replace_children(model, _plain_module)
-    for module in model.modules():
-        for seam in SEAMS:
-            module.__dict__.pop(seam, None)
+    for seam, function in SEAMS.items():
+        clear_seam(model, seam, function)  # only the savers' own: a seam someone else set stays
     return model
 
 
