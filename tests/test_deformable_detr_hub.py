@@ -23,7 +23,7 @@ from detrkit.modeling import (
 from detrkit.processing import DeformableDetrImageProcessor
 
 CODE_FILES = {"configuration_deformable_detr.py", "modeling_deformable_detr.py", "deformable_attention.py",
-              "deformable_transformer.py", "multi_scale_deformable_attention.py", "configuration_detr_base.py",
+              "deformable_transformer.py", "deformable_sampling.py", "configuration_detr_base.py",
               "detr_base.py", "detr_transformer.py", "backbone.py", "position_encoding.py", "loss.py",
               "matcher.py"}
 

@@ -18,7 +18,7 @@ from detrkit.deploy import onnx_session  # noqa: E402
 from detrkit.deploy.export import export_onnx  # noqa: E402
 from detrkit.deploy.export_command import main  # noqa: E402
 from detrkit.deploy.onnx_custom_ops import DOMAIN, OP_TYPE, uses_custom_op  # noqa: E402
-from detrkit.modeling.multi_scale_deformable_attention import (  # noqa: E402
+from detrkit.modeling.deformable_sampling import (  # noqa: E402
     multi_scale_deformable_attention,
     one_canvas_msda,
 )

@@ -10,7 +10,7 @@ import torch
 
 import detrkit.kernels as kernels
 from detrkit.kernels import build, multi_scale_deformable_attention
-from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
+from detrkit.modeling.deformable_sampling import multi_scale_deformable_attention as reference
 
 
 def make_inputs(shapes, batch=2, queries=7, heads=3, head_dim=8, points=4, dtype=torch.float64, low=-0.2, high=1.2,

@@ -6,7 +6,7 @@ from test_kernels_cpu import compare, make_inputs
 
 import detrkit.kernels as kernels
 from detrkit.kernels import build, multi_scale_deformable_attention
-from detrkit.modeling.multi_scale_deformable_attention import multi_scale_deformable_attention as reference
+from detrkit.modeling.deformable_sampling import multi_scale_deformable_attention as reference
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
