@@ -3,22 +3,22 @@
 Each query attends to a small fixed set of sampling points around its reference point: for every head h,
 level l and point k it regresses an offset and a weight from the query feature; the weights are normalised
 by a softmax over all levels x points. The bilinear sampling itself is one function call
-(`multi_scale_deformable_attention`), served by the compiled kernels when detrkit is installed and by the
-pure-PyTorch reference otherwise (e.g. under `trust_remote_code`, where only modeling/ is copied).
+(`multi_scale_deformable_attention`, deformable_sampling.py), served by the compiled kernels when detrkit is
+installed and by the pure-PyTorch reference otherwise (e.g. under `trust_remote_code`, where only modeling/ is
+copied).
 
-The sampling is also the module's seam: `sampling_function`, when set (for a block: `override_sampling`), is
-called instead, with `multi_scale_deformable_attention`'s arguments. The ONNX export writes a custom node through
-it and the attention pictures record the sampling points through it.
+The sampling is also the module's seam: `sampling_function`, when set (seams.py: `override_seam` for a block),
+is called instead, with `multi_scale_deformable_attention`'s arguments. The ONNX export writes a custom node
+through it and the attention pictures record the sampling points through it.
 """
 import math
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import initialization as init
 
 from .detr_transformer import with_pos
-from .multi_scale_deformable_attention import multi_scale_deformable_attention
+from .deformable_sampling import multi_scale_deformable_attention
 
 try:  # optional: absent under trust_remote_code, where the reference serves
     from detrkit.kernels import multi_scale_deformable_attention as compiled_msda
@@ -38,7 +38,7 @@ class MultiScaleDeformableAttention(nn.Module):
     runs the (h_l, w_l) pairs read from the feature maps (symbolic sizes).
     `query_projection_function`: a seam for memory savers (detrkit.training.memory_savers): None, or a callable
     (query, query_pos, sampling_offsets, attention_weights) -> (offsets, logits), the same values as the two
-    projections of query + query_pos.
+    projections of query + query_pos. Both seams are set through seams.py.
     """
 
     sampling_function = None
@@ -155,20 +155,3 @@ class MultiScaleDeformableAttention(nn.Module):
         return multi_scale_deformable_attention(value, shapes, level_start_index, sampling_locations,
                                                 attention_weights)
 
-
-@contextmanager
-def override_sampling(model: nn.Module, sampling_function):
-    """Within the block, every MultiScaleDeformableAttention of `model` samples through `sampling_function`
-    (see the class); the modules' own settings come back afterwards."""
-    modules = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
-    previous = [m.__dict__.get("sampling_function") for m in modules]
-    for module in modules:
-        module.sampling_function = sampling_function
-    try:
-        yield modules
-    finally:
-        for module, function in zip(modules, previous):
-            if function is None:
-                module.__dict__.pop("sampling_function", None)
-            else:
-                module.sampling_function = function

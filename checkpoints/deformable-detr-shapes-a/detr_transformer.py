@@ -45,7 +45,7 @@ class TransformerLayer(GradientCheckpointingLayer):
         self.activation_dropout = nn.Dropout(config.activation_dropout)
         self.normalize_before = getattr(config, "normalize_before", False)
 
-    # A seam for memory savers (detrkit.training.memory_savers): None, or a callable (x, fc1, activation,
+    # A seam (seams.py) for memory savers (detrkit.training.memory_savers): None, or a callable (x, fc1, activation,
     # activation_dropout, fc2) -> the block's output, the same values computed with less kept for backward.
     feed_forward_function = None
 

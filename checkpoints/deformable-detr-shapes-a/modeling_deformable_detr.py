@@ -22,11 +22,17 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_deformable_detr import DeformableDetrConfig
 from .deformable_attention import MultiScaleDeformableAttention
 from .deformable_transformer import DeformableDecoder, DeformableEncoder, encoder_output_proposals
-from .denoising import DenoisingQueries, split_queries, training_self_attention_mask
-from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
+from .denoising import DenoisingQueries
+from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, mask_if_padded, output_flags
 from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import box_position_embedding, build_position_encoding, inverse_sigmoid
-from .training_queries import TrainingQueries, ignored_on_save
+from .training_queries import (
+    TrainingQueries,
+    ignored_on_save,
+    query_counts,
+    split_training_queries,
+    training_self_attention_mask,
+)
 
 
 @dataclass
@@ -39,9 +45,10 @@ class DeformableDetrModelOutput(ModelOutput):
     encoder_last_hidden_state (B, S, C): encoder memory over the flattened levels.
     enc_outputs_class (B, S, num_labels), enc_outputs_coord_logits (B, S, 4): two-stage encoder proposals
         (scores, box logits) at every pixel of every level. Hidden states / attentions: tuples, on request.
-    training_queries: in training with labels, the decoder outputs of the extra queries by part ("denoising",
-        "one_to_many"): {"hidden" (B, layers, N, C), "init_reference_points", "intermediate_reference_points"};
-        the fields above hold the matching queries only.
+    training_queries: in training with labels, the decoder outputs of training's queries by part
+        (training_queries.py: "denoising", "one_to_many"): {"intermediate_hidden_states" (B, layers, N, C),
+        "init_reference_points", "intermediate_reference_points"}, the denoising part also with its "layout";
+        the fields above hold the object queries only.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -145,15 +152,6 @@ def _num_predictions(config) -> int:
     return config.decoder_layers + 1 if config.two_stage else config.decoder_layers
 
 
-def _mask_if_needed(padding_mask: torch.Tensor) -> torch.Tensor | None:
-    """None when nothing is padding (one image, or images of one size), sparing every attention layer a masked
-    copy of its values and of their gradient. Traced and compiled graphs keep the mask: the test depends on the
-    data, and a trace must stay right for padded inputs."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or padding_mask.any():
-        return padding_mask
-    return None
-
-
 class DeformableDetrModel(DeformableDetrPreTrainedModel):
     """Backbone + multi-scale deformable encoder-decoder, without the final heads. It owns what the variants
     need inside the decoder: with box refinement, a box head per decoder layer (`decoder.bbox_embed`); two-stage,
@@ -236,7 +234,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
 
     def _two_stage_queries(self, memory, padding_mask, spatial_shapes, num_one_to_many: int = 0):
         """Score a proposal at every encoder pixel with the last class/box heads, keep the top-k as queries (k
-        more for the one-to-many branch: top-k is sorted, so the matching queries are the same)."""
+        more for the one-to-many branch: top-k is sorted, so the object queries are the same)."""
         object_query, proposals = encoder_output_proposals(memory, padding_mask, spatial_shapes)
         object_query = self.enc_output_norm(self.enc_output(object_query))
         enc_outputs_class = self.decoder.class_embed[-1](object_query)
@@ -296,7 +294,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             for level, mask in enumerate(masks)
         ], 1)
         padding_mask = ~torch.cat([mask.flatten(1) for mask in masks], 1)
-        attention_padding_mask = _mask_if_needed(padding_mask)
+        attention_padding_mask = mask_if_padded(padding_mask)
 
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
             src, pos, spatial_shapes, level_start_index, valid_ratios, attention_padding_mask,
@@ -318,27 +316,21 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         if denoising is not None:
             parts = zip(self._denoising_inputs(denoising), (query_pos, tgt, reference_points))
             query_pos, tgt, reference_points = (torch.cat(pair, 1) for pair in parts)
-        sizes = {"denoising": len(denoising) if denoising else 0, "matching": self.config.two_stage_num_proposals
-                 if self.config.two_stage else self.config.num_queries, "one_to_many": num_one_to_many}
-        self_attention_mask = training_self_attention_mask(sizes, denoising, device=tgt.device)
+        num_object = self.config.two_stage_num_proposals if self.config.two_stage else self.config.num_queries
+        counts = query_counts(num_object, denoising, num_one_to_many)
+        self_attention_mask = training_self_attention_mask(counts, denoising, device=tgt.device)
 
         hidden, references, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
             attention_padding_mask, output_attentions, output_hidden_states, spatial_shapes_list, self_attention_mask,
         )
-        training_queries = None
-        if denoising is not None or num_one_to_many:
-            if self.training_queries is not None:
-                hidden = hidden + self.training_queries.unused_parameters_term()
-            training_queries = _split_training_queries(hidden, reference_points, references, sizes, denoising)
-            matching = training_queries.pop("matching")
-            hidden, reference_points = matching["hidden"], matching["init_reference_points"]
-            references = matching["intermediate_reference_points"]
+        if counts.training_parts() and self.training_queries is not None:
+            hidden = hidden + self.training_queries.unused_parameters_term()
+        parts = split_training_queries(counts, denoising, intermediate_hidden_states=hidden,
+                                       init_reference_points=reference_points, intermediate_reference_points=references)
         return DeformableDetrModelOutput(
-            init_reference_points=reference_points,
-            last_hidden_state=hidden[:, -1],
-            intermediate_hidden_states=hidden,
-            intermediate_reference_points=references,
+            last_hidden_state=parts.object["intermediate_hidden_states"][:, -1],
+            **parts.object,
             decoder_hidden_states=decoder_hidden_states,
             decoder_attentions=decoder_attentions,
             cross_attentions=cross_attentions,
@@ -347,7 +339,7 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             encoder_attentions=encoder_attentions,
             enc_outputs_class=enc_outputs_class,
             enc_outputs_coord_logits=enc_outputs_coord_logits,
-            training_queries=training_queries,
+            training_queries=parts.training_parts() or None,
         )
 
 
@@ -357,18 +349,6 @@ def _one_to_many_width(config) -> int:
     if not config.num_queries_one_to_many or (config.two_stage and not config.mixed_query_selection):
         return 0
     return config.d_model if config.two_stage else 2 * config.d_model
-
-
-def _split_training_queries(hidden, init_reference_points, references, sizes: dict, denoising) -> dict:
-    """The decoder's outputs cut into [denoising | matching | one-to-many] parts (empty parts left out)."""
-    cut = {"hidden": split_queries(hidden, sizes, dim=2),
-           "init_reference_points": split_queries(init_reference_points, sizes, dim=1),
-           "intermediate_reference_points": split_queries(references, sizes, dim=2)}
-    kept = {"denoising": denoising is not None, "matching": True, "one_to_many": sizes["one_to_many"] > 0}
-    parts = {part: {key: cut[key][part] for key in cut} for part in sizes if kept[part]}
-    if denoising is not None:
-        parts["denoising"]["layout"] = denoising.layout()
-    return parts
 
 
 class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
@@ -470,7 +450,8 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
     def _part_predictions(self, decoded: dict) -> dict:
         """The set loss's view of one part of training's extra queries (denoising, one-to-many)."""
         outputs_class, outputs_coord = self._predict(
-            decoded["hidden"], decoded["init_reference_points"], decoded["intermediate_reference_points"])
+            decoded["intermediate_hidden_states"], decoded["init_reference_points"],
+            decoded["intermediate_reference_points"])
         auxiliary = _auxiliary(outputs_class, outputs_coord) if self.config.auxiliary_loss else None
         return {"logits": outputs_class[-1], "pred_boxes": outputs_coord[-1], "auxiliary_outputs": auxiliary,
                 **decoded.get("layout", {})}

@@ -103,34 +103,19 @@ def jitter_centres_and_sizes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     return (boxes + (torch.rand_like(boxes) * 2 - 1.0) * spread * scale).clamp(min=0.0, max=1.0)
 
 
-def denoising_self_attention_mask(num_denoising: int, groups: int, num_matching: int, num_one_to_many: int = 0,
+def denoising_self_attention_mask(num_denoising: int, groups: int, num_object: int, num_one_to_many: int = 0,
                                   device=None) -> torch.Tensor:
     """(N, N) bool, True where a query may attend, over the decoder's queries in order [denoising groups |
-    matching | one-to-many]. Matching queries must not see the ground truth the denoising queries carry, nor one
+    object | one-to-many]. Object queries must not see the ground truth the denoising queries carry, nor one
     group another's copy of it; one-to-many queries see only themselves (H-DETR). Denoising queries see their own
-    group and the matching queries (DINO)."""
-    total = num_denoising + num_matching + num_one_to_many
+    group and the object queries (DINO)."""
+    total = num_denoising + num_object + num_one_to_many
     block = torch.arange(total, device=device)
     group_size = num_denoising // groups if num_denoising else 1
-    # a block id per query: each denoising group, then the matching and the one-to-many queries
+    # a block id per query: each denoising group, then the object and the one-to-many queries
     block = torch.where(block < num_denoising, block // group_size,
-                        torch.where(block < num_denoising + num_matching, groups, groups + 1))
+                        torch.where(block < num_denoising + num_object, groups, groups + 1))
     allowed = block[:, None] == block[None, :]
-    allowed[:num_denoising, num_denoising:num_denoising + num_matching] = True
+    allowed[:num_denoising, num_denoising:num_denoising + num_object] = True
     return allowed
 
-
-def training_self_attention_mask(sizes: dict[str, int], denoising: DenoisingQueries | None,
-                                 device=None) -> torch.Tensor | None:
-    """The decoder's self-attention mask for queries laid out as `sizes` ({"denoising", "matching", "one_to_many"}
-    counts, in that order); None where the matching queries are alone and nothing needs hiding."""
-    if not sizes["denoising"] and not sizes["one_to_many"]:
-        return None
-    return denoising_self_attention_mask(sizes["denoising"], denoising.groups if denoising else 1, sizes["matching"],
-                                         sizes["one_to_many"], device=device)
-
-
-def split_queries(tensor: torch.Tensor, sizes: dict[str, int], dim: int = 1) -> dict[str, torch.Tensor]:
-    """Cut the decoder's query dimension back into its parts, in the order [denoising | matching | one-to-many]."""
-    parts = tensor.split(list(sizes.values()), dim=dim)
-    return dict(zip(sizes, parts))

@@ -1,5 +1,6 @@
 """What DETR and Deformable DETR share as models: the pretrained-model base (loading, saving, freezing, init of the
-shared blocks, gradient checkpointing), the backbone set-up, input checks, pixel masks, output flags, the box MLP.
+shared blocks, gradient checkpointing), the backbone set-up, input checks, pixel masks, the attention mask rule,
+output flags, the box MLP.
 Both model files compose these; neither imports the other."""
 
 import tempfile
@@ -55,6 +56,24 @@ def check_inputs(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, nu
             f"{(batch_size, height, width)}"
         )
     return pixel_mask.bool()
+
+
+def capturing_graph() -> bool:
+    """True while a graph is recorded rather than run: torch.jit.trace (the TorchScript ONNX export),
+    torch.export (and the dynamo ONNX export built on it) or torch.compile."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def mask_if_padded(mask: torch.Tensor, padding: bool = True) -> torch.Tensor | None:
+    """The attention mask rule of every detrkit model: `mask` as it is, or None when none of its entries is
+    `padding` (True in a padding mask, False in a mask of valid positions), i.e. one image or images of one size.
+    Without a mask attention may take its fastest kernel and keeps no masked copy of its values and their gradient.
+    A recorded graph (`capturing_graph`) always keeps the mask: the test depends on the data, and the graph must
+    serve padded inputs too."""
+    if capturing_graph():
+        return mask
+    padded = mask.any() if padding else not mask.all()
+    return mask if bool(padded) else None
 
 
 def output_flags(config, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple[bool, bool]:
@@ -145,4 +164,5 @@ class DetrFamilyPreTrainedModel(PreTrainedModel):
             )
 
 
-__all__ = ["DetrFamilyPreTrainedModel", "MLP", "build_backbone", "check_inputs", "output_flags"]
+__all__ = ["DetrFamilyPreTrainedModel", "MLP", "build_backbone", "capturing_graph", "check_inputs", "mask_if_padded",
+           "output_flags"]

@@ -19,12 +19,18 @@ from torch import nn
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_detr import DetrConfig
-from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, output_flags
-from .denoising import DenoisingQueries, split_queries, training_self_attention_mask
+from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, mask_if_padded, output_flags
+from .denoising import DenoisingQueries
 from .detr_transformer import Decoder, Encoder
 from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import build_position_encoding
-from .training_queries import TrainingQueries, ignored_on_save
+from .training_queries import (
+    TrainingQueries,
+    ignored_on_save,
+    query_counts,
+    split_training_queries,
+    training_self_attention_mask,
+)
 
 
 @dataclass
@@ -33,11 +39,11 @@ class DetrModelOutput(ModelOutput):
     last_hidden_state (B, Q, D): normalized output of the last decoder layer.
     intermediate_hidden_states (L, B, Q, D): every decoder layer's normalized output (when `auxiliary_loss`).
     encoder_last_hidden_state (B, HW, D): encoder memory. Hidden states / attentions: tuples, on request.
-    training_queries: in training with labels, {"denoising": {"last_hidden_state" (B, P, D),
-        "intermediate_hidden_states" (L, B, P, D) or None, "layout"}} of the denoising queries (with denoising on)
-        and {"one_to_many": {"last_hidden_state", "intermediate_hidden_states"}} (with one-to-many on); the fields
-        above hold the object queries only (decoder hidden states and attentions: all queries, in the order
-        [denoising | object | one-to-many]).
+    training_queries: in training with labels, the decoder outputs of training's queries by part
+        (training_queries.py): {"denoising": {"last_hidden_state" (B, P, D), "intermediate_hidden_states"
+        (L, B, P, D) or None, "layout"}} (with denoising on) and {"one_to_many": {"last_hidden_state",
+        "intermediate_hidden_states"}} (with one-to-many on); the fields above hold the object queries only
+        (decoder hidden states and attentions: all queries, in the order [denoising | object | one-to-many]).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -120,10 +126,8 @@ class DetrModel(DetrPreTrainedModel):
         feature_map, mask = self.backbone(pixel_values, pixel_mask)[-1]  # C5: (B, C, h, w), (B, h, w)
         pos = self.position_embedding(mask, dtype=pixel_values.dtype).flatten(2).transpose(1, 2)  # (B, hw, D)
         src = self.input_projection(feature_map).flatten(2).transpose(1, 2)  # (B, hw, D)
-        # without padding every key is valid: no mask lets SDPA pick its fastest kernel; traced and exported
-        # graphs keep the mask, as the test depends on the data and the graph must serve padded inputs too
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        key_padding_mask = mask.flatten(1) if tracing or not bool(mask.all()) else None
+        # without padding every key is valid: no mask lets SDPA pick its fastest kernel
+        key_padding_mask = mask_if_padded(mask.flatten(1), padding=False)  # True on valid keys
 
         memory, encoder_hidden_states, encoder_attentions = self.encoder(
             src, pos, key_padding_mask, output_attentions, output_hidden_states
@@ -135,9 +139,8 @@ class DetrModel(DetrPreTrainedModel):
         denoising = self.training_queries.denoising_queries(labels, self.config) if extra else None
         if denoising is not None:
             query_pos, tgt = self._with_denoising_queries(denoising, query_pos, tgt)
-        sizes = {"denoising": len(denoising) if denoising is not None else 0, "matching": self.config.num_queries,
-                 "one_to_many": num_one_to_many}
-        self_attention_mask = training_self_attention_mask(sizes, denoising, device=tgt.device)
+        counts = query_counts(self.config.num_queries, denoising, num_one_to_many)
+        self_attention_mask = training_self_attention_mask(counts, denoising, device=tgt.device)
         output, intermediate, decoder_hidden_states, decoder_attentions, cross_attentions = self.decoder(
             tgt,
             memory,
@@ -149,21 +152,20 @@ class DetrModel(DetrPreTrainedModel):
             output_hidden_states=output_hidden_states,
             self_attention_mask=self_attention_mask,
         )
-        training_queries = None
-        if extra:
+        if counts.training_parts():
             # a batch without boxes has no denoising queries: the zero term still gives every parameter a gradient
             output = output + self.training_queries.unused_parameters_term()
-            training_queries, output, intermediate = _split_training_queries(output, intermediate, sizes, denoising)
+        parts = split_training_queries(counts, denoising, last_hidden_state=output,
+                                       intermediate_hidden_states=intermediate)
         return DetrModelOutput(
-            last_hidden_state=output,
-            intermediate_hidden_states=intermediate,
+            **parts.object,
             decoder_hidden_states=decoder_hidden_states,
             decoder_attentions=decoder_attentions,
             cross_attentions=cross_attentions,
             encoder_last_hidden_state=memory,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attentions=encoder_attentions,
-            training_queries=training_queries,
+            training_queries=parts.training_parts() or None,
         )
 
     def _learned_queries(self, batch_size: int, num_one_to_many: int):
@@ -178,19 +180,6 @@ class DetrModel(DetrPreTrainedModel):
         position the embedding of its noised box, as DN-DETR's anchors (DETR has no reference points)."""
         denoising_pos = self.training_queries.box_query_position(denoising.boxes)
         return torch.cat([denoising_pos, query_pos], 1), torch.cat([denoising.content, tgt], 1)
-
-
-def _split_training_queries(output, intermediate, sizes: dict, denoising: DenoisingQueries | None):
-    """The decoder's outputs cut into [denoising | object | one-to-many] parts; the object queries' are returned
-    apart, the others as training_queries (a part that is off is left out)."""
-    output = split_queries(output, sizes, dim=1)
-    intermediate = split_queries(intermediate, sizes, dim=2) if intermediate is not None else dict.fromkeys(sizes)
-    kept = {"denoising": denoising is not None, "one_to_many": sizes["one_to_many"] > 0}
-    parts = {part: {"last_hidden_state": output[part], "intermediate_hidden_states": intermediate[part]}
-             for part in kept if kept[part]}
-    if denoising is not None:
-        parts["denoising"]["layout"] = denoising.layout()
-    return parts, output["matching"], intermediate["matching"]
 
 
 class DetrForObjectDetection(DetrPreTrainedModel):

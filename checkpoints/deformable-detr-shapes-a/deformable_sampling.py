@@ -1,4 +1,6 @@
-"""Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021, eq. 3), pure PyTorch.
+"""The sampling of multi-scale deformable attention (Deformable DETR, Zhu et al. 2021, eq. 3) as a function, pure
+PyTorch: `multi_scale_deformable_attention(value, spatial_shapes, ...)`. The module that regresses its sampling
+points and weights, `MultiScaleDeformableAttention`, is in deformable_attention.py.
 
 This is the reference and the fallback for the fast kernels in `detrkit.kernels`; it has exactly the
 semantics of the official code's `ms_deform_attn_core_pytorch` and of transformers'
