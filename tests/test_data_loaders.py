@@ -82,7 +82,7 @@ def test_coco_reports_every_bad_record_with_its_image_id(coco_copy, caplog):
     png = files[1].read_bytes()
     files[1].write_bytes(png[: len(png) // 2])  # truncated
     files[2].write_bytes(b"this is not an image")  # undecodable
-    first_annotation(coco, 3)["bbox"][0] = 100.0  # outside the 64x64 image
+    first_annotation(coco, 3)["bbox"][0] = 100.0  # outside the 64x64 image: no problem, the box rule drops it
     first_annotation(coco, 4)["bbox"][2] = -5.0  # negative size
     first_annotation(coco, 5)["bbox"][1] = float("nan")
     first_annotation(coco, 6)["category_id"] = 999  # unknown category
@@ -92,8 +92,8 @@ def test_coco_reports_every_bad_record_with_its_image_id(coco_copy, caplog):
     coco["annotations"].append({"id": 10_000, "image_id": 77, "bbox": [1, 1, 5, 5], "category_id": 1})  # orphan
     path.write_text(json.dumps(coco))
 
-    expected = {0: "not found", 1: "cannot decode", 2: "cannot decode", 3: "outside the 64x64 image",
-                4: "negative or zero size", 5: "NaN", 6: "unknown category 999", 7: "missing field(s) ['bbox']",
+    expected = {0: "not found", 1: "cannot decode", 2: "cannot decode",
+                4: "negative width or height", 5: "NaN", 6: "unknown category 999", 7: "missing field(s) ['bbox']",
                 8: "missing field(s) ['category_id']", 9: "declared size 50x64", 77: "missing from 'images'"}
     with pytest.raises(InvalidDatasetError) as raised:
         load_coco(path, image_dir, on_error="raise", check_images="decode")  # the truncated file needs a decode
@@ -105,10 +105,12 @@ def test_coco_reports_every_bad_record_with_its_image_id(coco_copy, caplog):
 
     with caplog.at_level(logging.WARNING):
         data = load_coco(path, image_dir, on_error="skip", check_images="decode")
-    assert sorted(r.image_id for r in data) == [10, 11]
+    assert sorted(r.image_id for r in data) == [3, 10, 11]
     assert problems_by_image(data).keys() == expected.keys()
-    assert data.num_skipped == 10  # the orphan annotation is reported but is no image
-    assert "left out 10 of 12 images" in caplog.text and "image 6: annotation" in caplog.text
+    assert data.num_skipped == 9  # the orphan annotation is reported but is no image
+    assert "left out 9 of 12 images" in caplog.text and "image 6: annotation" in caplog.text
+    assert [p.image_id for p in data.boxes.dropped] == [3] and "image 3: annotation" in caplog.text
+    assert "lies entirely outside the 64x64" in str(data.boxes.dropped[0])
 
 
 def test_header_checks_do_not_decode(coco_copy):
@@ -121,13 +123,16 @@ def test_header_checks_do_not_decode(coco_copy):
         load_coco(path, image_dir, check_images="decode")
 
 
-def test_boxes_overshooting_by_rounding_are_clipped_not_rejected(coco_copy):
+def test_boxes_crossing_the_edge_are_clipped_not_rejected(coco_copy):
     image_dir, coco, path = coco_copy
-    ann = first_annotation(coco, 0)
-    ann["bbox"] = [-0.5, 10.0, 64.9, 5.0]
+    first_annotation(coco, 0)["bbox"] = [-0.5, 10.0, 64.9, 5.0]
+    first_annotation(coco, 1)["bbox"] = [30.0, 40.0, 50.0, 50.0]  # far past the right and bottom edges
     path.write_text(json.dumps(coco))
-    record = next(r for r in load_coco(path, image_dir) if r.image_id == 0)
-    assert record.annotations[0]["bbox"] == [0.0, 10.0, 64.0, 5.0]
+    data = load_coco(path, image_dir)
+    records = {r.image_id: r for r in data}
+    assert records[0].annotations[0]["bbox"] == [0.0, 10.0, 64.0, 5.0]
+    assert records[1].annotations[0]["bbox"] == [30.0, 40.0, 34.0, 24.0]
+    assert (data.boxes.clipped, data.boxes.clipped_images, data.boxes.dropped) == (2, 2, [])
 
 
 def test_on_error_must_be_skip_or_raise(shapes):
@@ -191,10 +196,12 @@ def test_hf_dataset_bad_records(shapes):
     with pytest.raises(InvalidDatasetError) as raised:
         load_hf_dataset(dataset)
     found = problems_by_image(raised.value)
-    assert set(found) == {0, 1, 2}
-    assert "cannot decode" in found[0][0] and "outside" in found[1][0] and "zero size" in found[2][0]
+    assert set(found) == {0} and "cannot decode" in found[0][0]  # crossing or zero-size boxes are no problem:
     data = load_hf_dataset(dataset, on_error="skip")
-    assert len(data) == 9 and data.num_skipped == 3
+    assert len(data) == 11 and data.num_skipped == 1
+    assert (data.boxes.clipped, data.boxes.clipped_images) == (1, 1)  # the box rule clips the first
+    assert [str(p) for p in data.boxes.dropped] == [  # and drops the second
+        "image 2: annotation 9: 'bbox' [1.0, 1.0, 0.0, 3.0] has zero width or height: dropped"]
 
 
 def write_imagefolder(shapes, folder, categories_key="category"):
@@ -241,7 +248,7 @@ def test_imagefolder_bad_records(shapes, tmp_path):
     ids = [line["image_id"] for line in lines]
     assert set(found) == {ids[0], ids[1], ids[2], ids[3], ids[4], "line 7"}
     assert "file_name" in found[ids[0]][0] and "not found" in found[ids[1]][0]
-    assert "unknown category 'unicorn'" in found[ids[2]][0] and "not 4 numbers" in found[ids[3]][0]
+    assert "unknown category 'unicorn'" in found[ids[2]][0] and "must be 4 numbers" in found[ids[3]][0]
     assert "one entry per bbox" in found[ids[4]][0] and "invalid JSON" in found["line 7"][0]
     data = load_imagefolder(folder, class_names=class_names, on_error="skip")
     assert [r.image_id for r in data] == [ids[5]] and data.num_skipped == 6

@@ -135,7 +135,10 @@ def test_all_images_gone_is_an_error_not_a_loop(tmp_path, shapes):
 
 def test_data_check_prints_a_summary(shapes, tmp_path, capsys):
     coco = json.loads(shapes.splits["val"][1].read_text())
-    coco["annotations"][0]["bbox"] = [40.0, 40.0, 30.0, 30.0]  # outside the 48 px image
+    dropped, bad = coco["annotations"][0], coco["annotations"][-1]
+    assert dropped["image_id"] != bad["image_id"]
+    dropped["bbox"] = [50.0, 50.0, 10.0, 10.0]  # outside the 48 px image: dropped by the box rule, named
+    bad["bbox"] = [1.0, 2.0, -3.0, 4.0]  # malformed: its image is left out
     shapes.splits["val"][1].write_text(json.dumps(coco))
     assert data_main(["check", str(shapes.root)]) == 1  # problems found
     out = capsys.readouterr().out
@@ -150,7 +153,10 @@ def test_data_check_prints_a_summary(shapes, tmp_path, capsys):
     small = sum(a["area"] < 32 ** 2 for a in boxes)
     assert f"small {small} (" in out
     assert "split val (coco)" in out and "images: 3 usable, 0 without boxes, 1 with problems" in out
-    assert f"image {coco['annotations'][0]['image_id']}: annotation" in out and "lies outside the 48x48" in out
+    assert f"image {bad['image_id']}: annotation {bad['id']}: 'bbox' [1.0, 2.0, -3.0, 4.0] has negative" in out
+    assert "boxes dropped (zero size or outside the image): 1" in out and (
+        f"    - image {dropped['image_id']}: annotation {dropped['id']}: 'bbox' [50.0, 50.0, 10.0, 10.0] lies "
+        f"entirely outside the 48x48 (width x height) image: dropped") in out
 
     assert data_main(["check", str(shapes.root), "--split", "train"]) == 0
     assert "split val" not in capsys.readouterr().out

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .problems import Problem
+from .problems import BoxReport, Problem
 from .record_table import RecordTable, read_table, records_to_table, write_table
 from .records import Categories, DetectionData
 from .validation import CheckedRecords, OnError, check_on_error, finish
@@ -29,7 +29,7 @@ __all__ = ["cache_path", "listing_digest", "load_cached", "records_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the one box rule (boxes clipped / dropped, reported in the metadata's 'boxes')
 FORK_BUILD_BYTES = 32 * 2 ** 20  # annotation files this large are parsed in a child process (see load_cached)
 MAX_CACHE_FILES = 64  # the oldest are removed beyond this many: every temporary test folder makes a new key
 
@@ -101,13 +101,13 @@ def _from_cache(path: Path) -> tuple[RecordTable, CheckedRecords] | None:
     problems = [Problem(image_id, message) for image_id, message in meta["problems"]]
     records = RecordTable(table, path)
     return records, CheckedRecords(records, categories, problems, meta["num_entries"], meta["source"],
-                                   meta["layout"])
+                                   meta["layout"], BoxReport.from_json(meta["boxes"]))
 
 
 def _metadata(checked: CheckedRecords) -> dict:
     return {"names": list(checked.categories.names), "original_ids": list(checked.categories.original_ids),
             "problems": [[p.image_id, p.message] for p in checked.problems], "num_entries": checked.num_entries,
-            "source": checked.source, "layout": checked.layout}
+            "source": checked.source, "layout": checked.layout, "boxes": checked.boxes.to_json()}
 
 
 def _build_into(build: Callable[[], CheckedRecords], path: Path) -> None:

@@ -1,8 +1,10 @@
 """`detrkit data check PATH [--split S]`: what a data set holds and what is wrong with it, before training.
 
 Prints, per split: the layout and file it was read from, the number of images (and those without boxes), boxes
-per class with the data's own category ids, small / medium / large counts by COCO's area ranges, and every
-problem found (the images that training would skip). Exit status 0 when no problem was found, 1 when some were;
+per class with the data's own category ids, small / medium / large counts by COCO's area ranges, every
+problem found (the images that training would skip), and what the box rule does to the boxes kept (clipped at the
+image edge: counted; zero size or outside the image: dropped, named), as training reports it. Exit status 0 when
+no problem was found (clipped and dropped boxes are no problem), 1 when some were;
 a source that cannot be read at all is one line on stderr and status 2.
 """
 from __future__ import annotations
@@ -69,6 +71,7 @@ def summary(data: DetectionData, split: str, where: str) -> list[str]:
             lines.append(f"    ... and {len(data.problems) - SHOWN_PROBLEMS} more")
     else:
         lines.append("  problems: none")
+    lines += [f"  {line}" for line in data.boxes.lines(SHOWN_PROBLEMS)]  # the report training logs, word for word
     return lines
 
 

@@ -5,10 +5,10 @@ Readers report problems by image id (``"-"`` for the source file itself); ``on_e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InvalidDatasetError", "Problem"]
+__all__ = ["BoxReport", "InvalidDatasetError", "Problem"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,37 @@ class Problem:
 
     def __str__(self) -> str:
         return self.message if self.image_id == "-" else f"image {self.image_id}: {self.message}"  # "-": the file
+
+
+@dataclass
+class BoxReport:
+    """What the box rule (``detrkit.processing.box_rule``) did to the boxes of the images kept: how many crossed
+    the image edge and were clipped to it, and each box dropped (zero size, or entirely outside the image).
+    ``detrkit data check`` and training print it with :meth:`lines`, so both say the same thing."""
+
+    clipped: int = 0
+    clipped_images: int = 0
+    dropped: list[Problem] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.clipped or self.dropped)
+
+    def lines(self, shown: int = 20) -> list[str]:
+        """The report: two counts, then up to ``shown`` dropped boxes by image and annotation."""
+        lines = [f"boxes clipped to the image edge: {self.clipped} (in {self.clipped_images} images)",
+                 f"boxes dropped (zero size or outside the image): {len(self.dropped)}"]
+        lines += [f"  - {p}" for p in self.dropped[:shown]]
+        if shown and len(self.dropped) > shown:
+            lines.append(f"  ... and {len(self.dropped) - shown} more")
+        return lines
+
+    def to_json(self) -> dict:
+        return {"clipped": self.clipped, "clipped_images": self.clipped_images,
+                "dropped": [[p.image_id, p.message] for p in self.dropped]}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "BoxReport":
+        return cls(value["clipped"], value["clipped_images"], [Problem(i, m) for i, m in value["dropped"]])
 
 
 class InvalidDatasetError(ValueError):

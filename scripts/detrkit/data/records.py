@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .problems import Problem
+from .problems import BoxReport, Problem
 
 __all__ = ["Categories", "DetectionData", "DetectionRecord"]
 
@@ -101,6 +101,7 @@ class DetectionData:
     num_skipped: int = 0  # images of the source left out because of the problems
     layout: str = ""  # "coco", "yolo", "voc", "imagefolder", "datasets"
     cache_file: Path | None = None  # the Arrow cache the records are mapped from, if any
+    boxes: BoxReport = field(default_factory=BoxReport)  # boxes of the kept images clipped or dropped by the rule
 
     def __iter__(self):
         return iter(self.records)

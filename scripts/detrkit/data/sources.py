@@ -37,6 +37,9 @@ def read_split(source, split: str, data_name, invalid_records: str = "skip", lim
         raise SplitNotFoundError(f"--data {data_name}: {error}{split_hint}") from None
     if records.problems:
         log(f"data: {split}: skipped {records.num_skipped} image(s) with problems, e.g. {records.problems[0]}")
+    if records.boxes:  # the counts `detrkit data check` prints (the dropped boxes are named in the log)
+        for line in records.boxes.lines(shown=0):
+            log(f"data: {split}: {line}")
     if limit:
         records.records = records.records[:limit]
     if not len(records):

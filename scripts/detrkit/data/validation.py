@@ -1,50 +1,54 @@
 """Checking raw records before anything is dropped, then keeping or refusing them as ``on_error`` says.
 
-Every record is looked at (missing file, unreadable image header, size mismatch, missing field, box outside the
-image / negative size / NaN, unknown category, duplicate id); then either one error lists all problems
+Every record is looked at (missing file, unreadable image header, size mismatch, missing field, malformed box:
+not 4 numbers / NaN / negative size, unknown category, duplicate id); then either one error lists all problems
 (``on_error="raise"``) or the bad images are skipped, counted and logged with their reasons (``on_error="skip"``).
-An image with a bad box is skipped as a whole: keeping it without that box would teach the model to call a real
-object background. Images are checked by their header only (``check_images="header"``): decoding every image up
+An image with a malformed box is skipped as a whole: keeping it without that box would teach the model to call a
+real object background. The boxes of the images kept follow the one box rule of ``detrkit.processing.box_rule``,
+the image processor's too: a box crossing the image edge is clipped to it, one of zero size or entirely outside
+the image is dropped; :class:`~detrkit.data.problems.BoxReport` counts the first and names the second, and
+``detrkit data check`` and training print that same report. Images are checked by their header only (``check_images="header"``): decoding every image up
 front costs minutes at COCO size, and a file that is truncated past its header is reported and skipped when the
 data loader reads it (see ``dataset.py``).
 """
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 from .images import CheckImages, image_size
-from .problems import InvalidDatasetError, Problem
+from .problems import BoxReport, InvalidDatasetError, Problem
 from .record_table import PackedSegmentation, pack_segmentation
 from .records import Categories, DetectionData, DetectionRecord
 
-__all__ = ["BOX_TOLERANCE", "CheckedRecords", "OnError", "check_on_error", "check_records", "finish"]
+__all__ = ["CheckedRecords", "OnError", "check_on_error", "check_records", "finish"]
 
 logger = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
-# Boxes may overshoot the image by rounding; within this many pixels they are clipped, beyond it reported.
-BOX_TOLERANCE = 1.0
 
 
-def _check_box(bbox: Any, width: int, height: int) -> list[float] | str:
-    """A clean [x, y, w, h] inside the image, or what is wrong with ``bbox``."""
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return f"bbox {bbox!r} is not 4 numbers [x, y, w, h]"
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return f"bbox {[x, y, w, h]} has NaN or infinite values"
-    if w <= 0 or h <= 0:
-        return f"bbox {[x, y, w, h]} has negative or zero size"
-    if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
-        return f"bbox {[x, y, w, h]} (x, y, w, h) lies outside the {width}x{height} image"
-    x0, y0 = max(x, 0.0), max(y, 0.0)
-    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-    return [x0, y0, x1 - x0, y1 - y0]
+def _apply_rule(rule, parsed: list, image_id, width: int, height: int, report: BoxReport) -> list:
+    """(name, box) pairs -> what the box rule keeps: the box as given (inside) or clipped, else None (dropped;
+    named in ``report``)."""
+    if not parsed:
+        return []
+    corners, outcome = rule.apply_box_rule([box for _, box in parsed], width, height)
+    kept, clipped = [], 0
+    for (name, box), (x0, y0, x1, y1), what in zip(parsed, corners.tolist(), outcome.tolist()):
+        if what in rule.DROPPED:
+            report.dropped.append(Problem(image_id, f"{name}: {rule.dropped_message(what, box, width, height)}"))
+            kept.append(None)
+        elif what == rule.CLIPPED:
+            clipped += 1
+            kept.append([x0, y0, x1 - x0, y1 - y0])
+        else:
+            kept.append(list(box))  # as given: the processor then computes what transformers' would, bit for bit
+    report.clipped += clipped
+    report.clipped_images += clipped > 0
+    return kept
 
 
 def _annotation(obj: dict, k: int, image_id: int, box: list[float], label: int) -> dict:
@@ -59,9 +63,10 @@ def _annotation(obj: dict, k: int, image_id: int, box: list[float], label: int) 
 
 
 def _check_record(image_id, image, width, height, objects: list[dict], category_of: dict, check: CheckImages,
-                  category_key: str):
+                  category_key: str, rule, report: BoxReport):
     """Validate one raw record. ``objects`` carry ``bbox`` [x, y, w, h] and under ``category_key`` a class name or
-    original id, looked up in ``category_of``. Returns (DetectionRecord or None, list of problem messages)."""
+    original id, looked up in ``category_of``. Returns (DetectionRecord or None, list of problem messages); the
+    boxes a kept record's ``rule`` clips or drops go to ``report``."""
     problems = []
     if not isinstance(image_id, int) or isinstance(image_id, bool):
         return None, [f"image id {image_id!r} is not an integer"]
@@ -74,7 +79,7 @@ def _check_record(image_id, image, width, height, objects: list[dict], category_
         width, height = size
     elif width is None or height is None:
         problems.append("no width/height given and images are not checked (check_images='none')")
-    annotations = []
+    parsed, good = [], []
     for k, obj in enumerate(objects):
         name = f"annotation {obj.get('id', k)}"
         missing = [key for key in ("bbox", category_key) if obj.get(key) is None]
@@ -85,15 +90,21 @@ def _check_record(image_id, image, width, height, objects: list[dict], category_
         label = category_of.get(category) if isinstance(category, (str, int)) else None
         if label is None:
             problems.append(f"{name}: unknown category {category!r}")
-        box = _check_box(obj["bbox"], width, height) if width is not None and height is not None else None
-        if isinstance(box, str):
-            problems.append(f"{name}: {box}")
-        if label is None or not isinstance(box, list):
+        try:
+            box = rule.parse_box(obj["bbox"])
+        except rule.MalformedBoxError as error:
+            problems.append(f"{name}: {error}")
             continue
-        annotations.append(_annotation(obj, k, image_id, box, label))
+        if label is not None:
+            parsed.append((name, box))
+            good.append((k, obj, label))
     if problems:
         return None, problems
-    return DetectionRecord(image_id, image, int(width), int(height), annotations), []
+    width, height = int(width), int(height)
+    boxes = _apply_rule(rule, parsed, image_id, width, height, report)
+    annotations = [_annotation(obj, k, image_id, box, label) for (k, obj, label), box in zip(good, boxes)
+                   if box is not None]
+    return DetectionRecord(image_id, image, width, height, annotations), []
 
 
 @dataclass
@@ -106,6 +117,7 @@ class CheckedRecords:
     num_entries: int
     source: str
     layout: str = ""
+    boxes: BoxReport = field(default_factory=BoxReport)
 
 
 def check_records(raw: Iterable[tuple], categories: Categories, category_of: dict, source: str,
@@ -113,17 +125,20 @@ def check_records(raw: Iterable[tuple], categories: Categories, category_of: dic
                   layout: str = "") -> CheckedRecords:
     """Check every raw record (image_id, image, width, height, objects). ``early`` holds problems the loader
     found while reading its ``num_entries`` image entries."""
-    records, problems, seen = [], list(early), set()
+    from detrkit.processing import box_rule  # here, not above: detrkit.processing loads torch (`--help` stays fast)
+
+    records, problems, seen, report = [], list(early), set(), BoxReport()
     for image_id, image, width, height, objects in raw:
         if image_id in seen:
             problems.append(Problem(image_id, "duplicate image id"))
             continue
         seen.add(image_id)
-        record, messages = _check_record(image_id, image, width, height, objects, category_of, check, category_key)
+        record, messages = _check_record(image_id, image, width, height, objects, category_of, check, category_key,
+                                         box_rule, report)
         problems.extend(Problem(image_id, m) for m in messages)
         if record is not None:
             records.append(record)
-    return CheckedRecords(records, categories, problems, num_entries, source, layout)
+    return CheckedRecords(records, categories, problems, num_entries, source, layout, report)
 
 
 def check_on_error(on_error: str) -> None:
@@ -139,7 +154,10 @@ def finish(checked: CheckedRecords, on_error: OnError, records: Sequence[Detecti
         raise InvalidDatasetError(checked.source, problems, num_entries)
     records = checked.records if records is None else records
     data = DetectionData(records, checked.categories, problems, checked.source,
-                         num_skipped=num_entries - len(records), layout=checked.layout, cache_file=cache_file)
+                         num_skipped=num_entries - len(records), layout=checked.layout, cache_file=cache_file,
+                         boxes=checked.boxes)
+    if checked.boxes:
+        logger.warning("%s: the box rule:\n%s", checked.source, "\n".join(f"  {line}" for line in checked.boxes.lines()))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... {len(problems) - 20} more in DetectionData.problems" if len(problems) > 20 else ""
