@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 import torch
 import transformers
-from conftest import SMALL, padded_batch, run_without_detrkit
+from helpers import SMALL, padded_batch, run_without_detrkit
 
 from detrkit.modeling import DetrConfig, DetrForObjectDetection
 from detrkit.modeling.adaptive_clustering_attention import (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, padded_batch, random_labels
+from helpers import SMALL, padded_batch, random_labels
 
 from detrkit.modeling import DetrConfig, DetrForObjectDetection
 from detrkit.training.distillation import Distiller, check_compatible, feature_loss, teacher_targets

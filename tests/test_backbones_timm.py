@@ -12,7 +12,7 @@ from detrkit.modeling import (
     DetrForObjectDetection,
 )
 
-from conftest import SMALL, padded_batch, run_without_detrkit
+from helpers import SMALL, padded_batch, run_without_detrkit
 
 TINY_SWIN = {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]}
 # family -> (timm name, timm kwargs, the modules with parameters that the default freezing (stem + C2) must

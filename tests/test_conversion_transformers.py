@@ -10,7 +10,9 @@ LayerNorm, which departs from the official code (and from detrkit) once that nor
 import pytest
 import torch
 import transformers
-from test_conversion import DEFORMABLE_VARIANTS, official_detr_state_dict, padded_batch, save_deformable
+from helpers import OFFICIAL_DEFORMABLE_VARIANTS as DEFORMABLE_VARIANTS
+from helpers import official_detr_state_dict, save_deformable
+from helpers import two_images as padded_batch
 
 from detrkit.conversion.convert import convert_official_checkpoint
 

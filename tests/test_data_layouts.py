@@ -2,54 +2,18 @@
 Pascal VOC, datasets (save_to_disk folder, Hub ids), imagefolder; split discovery; the data's own category ids.
 
 One ground truth (non-square images, whole-pixel boxes, sparse category ids) is written in each layout by the
-writers below, which follow each format's own specification, then read back and compared with the truth."""
+writers in helpers.py, which follow each format's own specification, then read back and compared with the truth."""
 import json
 import shutil
-import xml.etree.ElementTree as ElementTree
 
 import datasets
 import pytest
+from helpers import CATEGORIES, TRUTH, write_coco, write_image, write_voc, yolo_line
 from PIL import Image
 from pycocotools.coco import COCO
 
 from detrkit.data.layouts import SplitNotFoundError, discover_splits, load_detection_data, split_names
 from detrkit.data.problems import InvalidDatasetError
-
-CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 42, "name": "zebra"}]  # sparse ids
-# (width, height, [(x, y, w, h, category id)]) per image; whole pixels, so every format is exact
-TRUTH = {
-    "train": [(80, 60, [(2, 3, 20, 10, 3), (40, 20, 39, 40, 42)]), (50, 70, [(0, 0, 50, 70, 7)]), (64, 48, []),
-              (30, 40, [(5, 6, 7, 8, 42), (10, 10, 5, 5, 3)])],
-    "valid": [(60, 80, [(1, 1, 10, 20, 7)]), (40, 40, [(3, 4, 30, 30, 3)])],
-}
-
-
-def write_image(path, width, height):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (width, height), (30, 90, 150)).save(path)
-
-
-def coco_json(split):
-    images, annotations = [], []
-    for i, (width, height, boxes) in enumerate(TRUTH[split]):
-        images.append({"id": 100 + i, "file_name": f"{split}_{i}.jpg", "width": width, "height": height})
-        annotations += [{"id": 1000 * (i + 1) + k, "image_id": 100 + i, "bbox": [x, y, w, h], "category_id": c,
-                         "area": w * h, "iscrowd": 0} for k, (x, y, w, h, c) in enumerate(boxes)]
-    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
-
-
-def write_coco(root, placement):
-    for split in TRUTH:
-        coco = coco_json(split)
-        folder = root / split
-        for img, (width, height, _) in zip(coco["images"], TRUTH[split]):
-            write_image(folder / img["file_name"], width, height)
-        json_file = {"annotations": root / "annotations" / f"instances_{split}.json",
-                     "beside": root / f"instances_{split}.json",
-                     "roboflow": folder / "_annotations.coco.json"}[placement]
-        json_file.parent.mkdir(exist_ok=True)
-        json_file.write_text(json.dumps(coco))
-    return root
 
 
 def check_against_truth(data, split, original_ids=True):
@@ -106,11 +70,6 @@ def test_coco_json_beside_its_split_folder_is_the_issue_layout(tmp_path):
     check_against_truth(load_detection_data(root, split="train"), "train")
 
 
-def yolo_line(box, width, height, names):
-    x, y, w, h, c = box
-    return f"{names.index(c)} {(x + w / 2) / width} {(y + h / 2) / height} {w / width} {h / height}"
-
-
 @pytest.mark.parametrize("style", ["ultralytics", "roboflow"])
 def test_yolo(tmp_path, style):
     root = tmp_path / "yolo"
@@ -121,7 +80,8 @@ def test_yolo(tmp_path, style):
             write_image(images / f"{i}.png", width, height)
             labels = images.parent.parent / "labels" / key if style == "ultralytics" else images.parent / "labels"
             labels.mkdir(parents=True, exist_ok=True)
-            if boxes:  # an image without boxes has no label file, as ultralytics writes it
+            # an image without boxes has no label file (as ultralytics writes it) or an empty one (as Roboflow does)
+            if boxes or style == "roboflow":
                 (labels / f"{i}.txt").write_text("\n".join(yolo_line(b, width, height, order) for b in boxes))
     names = [c["name"] for c in CATEGORIES]
     if style == "ultralytics":
@@ -155,36 +115,6 @@ def test_yolo_bad_labels_name_file_and_line(tmp_path):
     assert "1.txt line 1" in text and "normalized" in text and "cannot read" in text and "3.txt" in text
     data = load_detection_data(root, on_error="skip")
     assert len(data) == 1 and data[0].annotations[0]["bbox"] == pytest.approx([0.05 * 40, 0.05 * 20, 0.15 * 40, 0.25 * 20])
-
-
-def write_voc(root, difficult_first=False):
-    names = {c["id"]: c["name"] for c in CATEGORIES}
-    main = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main"
-    main.mkdir(parents=True)
-    base = main.parent.parent
-    for split in TRUTH:
-        ids = []
-        for i, (width, height, boxes) in enumerate(TRUTH[split]):
-            stem = f"{split}_{i:04d}"
-            ids.append(stem)
-            write_image(base / "JPEGImages" / f"{stem}.jpg", width, height)
-            ann = ElementTree.Element("annotation")
-            ElementTree.SubElement(ann, "filename").text = f"{stem}.jpg"
-            size = ElementTree.SubElement(ann, "size")
-            for tag, value in (("width", width), ("height", height), ("depth", 3)):
-                ElementTree.SubElement(size, tag).text = str(value)
-            for k, (x, y, w, h, c) in enumerate(boxes):
-                obj = ElementTree.SubElement(ann, "object")
-                ElementTree.SubElement(obj, "name").text = names[c]
-                ElementTree.SubElement(obj, "difficult").text = "1" if difficult_first and k == 0 else "0"
-                box = ElementTree.SubElement(obj, "bndbox")
-                # VOC corners are 1-based and inclusive
-                for tag, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
-                    ElementTree.SubElement(box, tag).text = str(value)
-            (base / "Annotations").mkdir(exist_ok=True)
-            ElementTree.ElementTree(ann).write(base / "Annotations" / f"{stem}.xml")
-        (main / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    return base
 
 
 def test_pascal_voc(tmp_path):

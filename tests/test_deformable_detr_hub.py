@@ -9,9 +9,8 @@ import pytest
 import torch
 import transformers
 from PIL import Image
-from test_deformable_detr_parity import SMALL
-from conftest import run_without_detrkit
-from test_hub_remote_code import FRESH_PROCESS
+from helpers import DEFORMABLE_SMALL as SMALL
+from helpers import FRESH_PROCESS, run_without_detrkit
 
 from detrkit.modeling import (
     PRESETS,

@@ -4,36 +4,11 @@ identical outputs and losses, for every variant of the paper, on a padded batch 
 import pytest
 import torch
 import transformers
+from helpers import DEFORMABLE_SMALL as SMALL
+from helpers import DEFORMABLE_VARIANTS as VARIANTS
+from helpers import deformable_batch as padded_batch
 
 from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
-
-SMALL = dict(
-    backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-    encoder_attention_heads=4, decoder_attention_heads=4, num_queries=12, num_labels=5, auxiliary_loss=True,
-)
-VARIANTS = {
-    "plain": {},
-    "box-refine": dict(with_box_refine=True),
-    "two-stage": dict(with_box_refine=True, two_stage=True, two_stage_num_proposals=12),
-    "single-scale": dict(num_feature_levels=1),
-    "single-scale-dc5": dict(num_feature_levels=1, dilation=True),
-}
-
-
-def padded_batch():
-    """Two images, 96x128 and 72x100, padded to 96x128 with a pixel mask, and their labels."""
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.zeros(2, 3, 96, 128)
-    pixel_mask = torch.zeros(2, 96, 128, dtype=torch.long)
-    for i, (height, width) in enumerate([(96, 128), (72, 100)]):
-        pixel_values[i, :, :height, :width] = torch.randn(3, height, width, generator=generator)
-        pixel_mask[i, :height, :width] = 1
-    labels = [
-        {"class_labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.2, 0.3, 0.1, 0.2]])},
-        {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.6, 0.4, 0.5, 0.3]])},
-    ]
-    return pixel_values, pixel_mask, labels
-
 
 def transformers_checkpoint(folder, **overrides):
     """A randomly initialised transformers model, perturbed so that zero/constant-initialised parameters

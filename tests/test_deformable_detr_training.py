@@ -3,7 +3,9 @@ attention's sampling offsets and attention weights in the encoder and the decode
 
 import pytest
 import torch
-from test_deformable_detr_parity import SMALL, VARIANTS, padded_batch
+from helpers import DEFORMABLE_SMALL as SMALL
+from helpers import DEFORMABLE_VARIANTS as VARIANTS
+from helpers import deformable_batch as padded_batch
 
 from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
 

@@ -1,16 +1,14 @@
 """The demo's picture of a segmentation model: the segments of the listed detections are drawn over the image."""
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from conftest import SMALL
+from helpers import SMALL
 
+import detrkit.modeling.modeling_detr_segmentation as segmentation
 from detrkit.deploy.demo import analyse, detections_picture, kept, table_html
 from detrkit.modeling import DetrConfig
 from detrkit.processing import DetrImageProcessor
-
-segmentation = pytest.importorskip("detrkit.modeling.modeling_detr_segmentation")
 
 
 def test_segments_are_drawn():

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import SMALL
+from helpers import SMALL
 
 pytest.importorskip("gradio")
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import random_labels
+from helpers import random_labels
 from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher, DeformableDetrImageLoss
 from transformers.loss.loss_for_object_detection import HungarianMatcher as ReferenceMatcher
 from transformers.loss.loss_for_object_detection import ImageLoss

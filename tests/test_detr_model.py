@@ -3,7 +3,7 @@ the SDPA/explicit attention paths, output options, presets, clear errors, and a 
 
 import pytest
 import torch
-from conftest import SMALL, padded_batch, random_labels
+from helpers import SMALL, padded_batch, random_labels
 from transformers.models.detr.modeling_detr import DetrSinePositionEmbedding
 
 from detrkit.modeling import Backbone, DetrConfig, DetrForObjectDetection, DetrModel, config_from_preset

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from conftest import SMALL, padded_batch, random_labels
+from helpers import SMALL, padded_batch, random_labels
 from safetensors import safe_open
 
 from detrkit.modeling import DetrConfig, DetrForObjectDetection, DetrModel

@@ -2,74 +2,16 @@
 batch 2, and agrees with the PyTorch model within 1e-4; the file passes onnx.checker. DETR, DETR-DC5, single-scale
 Deformable DETR and padded batches here; the other Deformable DETR variants and the in-graph post-processing in
 test_export_onnx_deformable.py; torch.export in test_export_torch.py."""
-import numpy as np
 import pytest
 import torch
+from helpers import TOLERANCE, build, check_against_pytorch, max_diff, padded_batch, session
 
-from conftest import SMALL, padded_batch
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
 
 from detrkit.deploy.export import export_onnx  # noqa: E402
 from detrkit.deploy.export_command import main  # noqa: E402
-from detrkit.modeling import (  # noqa: E402
-    DeformableDetrConfig,
-    DeformableDetrForObjectDetection,
-    DetrConfig,
-    DetrForObjectDetection,
-)
 from detrkit.processing import DeformableDetrImageProcessor, DetrImageProcessor  # noqa: E402
-
-TOLERANCE = 1e-4
-SIZES = ((128, 160), (160, 96))  # neither the traced size (80 x 112 here) nor its 3 x 4 feature map
-VARIANTS = {
-    "detr": (DetrConfig, {}),
-    "detr-dc5": (DetrConfig, dict(dilation=True)),
-    "deformable-single-scale": (DeformableDetrConfig, dict(num_feature_levels=1)),
-    "deformable": (DeformableDetrConfig, {}),
-    "deformable-box-refine": (DeformableDetrConfig, dict(with_box_refine=True)),
-    "deformable-two-stage": (DeformableDetrConfig, dict(with_box_refine=True, two_stage=True,
-                                                         two_stage_num_proposals=SMALL["num_queries"])),
-}
-
-
-def build(name, seed=0):
-    config_class, kwargs = VARIANTS[name]
-    torch.manual_seed(seed)
-    config = config_class(**SMALL, **kwargs, use_pretrained_backbone=False)
-    model_class = DeformableDetrForObjectDetection if config_class is DeformableDetrConfig else DetrForObjectDetection
-    model = model_class(config).eval()
-    heads = model.class_embed if config_class is DeformableDetrConfig else [model.class_labels_classifier]
-    with torch.no_grad():  # spread-out class scores, so top-k and argmax are not decided by near-ties
-        for head in heads:
-            head.bias.normal_(0, 1)
-    return model
-
-
-def session(path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def max_diff(a, b):
-    return float(np.abs(np.asarray(a, dtype=np.float64) - b.double().numpy()).max())
-
-
-def check_against_pytorch(name, tmp_path):
-    model = build(name)
-    path = export_onnx(model, tmp_path / f"{name}.onnx", example_size=(80, 112))
-    onnx.checker.check_model(str(path), full_check=True)
-    runtime = session(path)
-    assert [i.name for i in runtime.get_inputs()] == ["pixel_values"]
-    generator = torch.Generator().manual_seed(1)
-    for height, width in SIZES:
-        pixel_values = torch.randn(2, 3, height, width, generator=generator)
-        with torch.no_grad():
-            expected = model(pixel_values)
-        logits, boxes = runtime.run(["logits", "pred_boxes"], {"pixel_values": pixel_values.numpy()})
-        assert logits.shape == tuple(expected.logits.shape)
-        assert max_diff(logits, expected.logits) <= TOLERANCE, (name, height, width)
-        assert max_diff(boxes, expected.pred_boxes) <= TOLERANCE, (name, height, width)
 
 
 @pytest.mark.parametrize("name", ["detr", "detr-dc5", "deformable-single-scale"])

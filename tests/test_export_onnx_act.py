@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL, padded_batch
-from test_export_onnx import TOLERANCE, max_diff, session
+from helpers import SMALL, TOLERANCE, max_diff, padded_batch, session
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -7,12 +7,11 @@ import sys
 import pytest
 import torch
 
-from conftest import padded_batch
+from helpers import SIZES, TOLERANCE, build, max_diff, padded_batch, session
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from test_export_onnx import SIZES, TOLERANCE, build, max_diff, session  # noqa: E402
 
 from detrkit.deploy import onnx_session  # noqa: E402
 from detrkit.deploy.export import export_onnx  # noqa: E402

@@ -3,8 +3,9 @@ two sizes, batch 2, 1e-4), and the in-graph post-processing against the image pr
 import pytest
 import torch
 
-from test_export_onnx import TOLERANCE, build, check_against_pytorch, max_diff, session
+from helpers import TOLERANCE, build, check_against_pytorch, max_diff, session
 
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from detrkit.deploy.export import export_onnx  # noqa: E402

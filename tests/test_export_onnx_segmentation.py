@@ -5,15 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SMALL
-from test_export_onnx import TOLERANCE, max_diff, session
+from helpers import SMALL, TOLERANCE, max_diff, session
 
 pytest.importorskip("onnxruntime")
 
 from detrkit.deploy.export import export_onnx  # noqa: E402
+import detrkit.modeling.modeling_detr_segmentation as segmentation  # noqa: E402
 from detrkit.modeling import DeformableDetrConfig, DetrConfig  # noqa: E402
 
-segmentation = pytest.importorskip("detrkit.modeling.modeling_detr_segmentation")
 MASK_SMALL = dict(SMALL, encoder_attention_heads=8)  # the mask head's GroupNorm needs d_model + heads = 8k
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from test_export_onnx import TOLERANCE, build
+from helpers import TOLERANCE, build
 
 
 @pytest.mark.parametrize("name", ["detr", "deformable"])

@@ -4,7 +4,7 @@ Deformable DETR, with images of different sizes in the cache; and the size guard
 
 import pytest
 import torch
-from conftest import SMALL
+from helpers import SMALL
 
 from detrkit.modeling import (
     DeformableDetrConfig,

@@ -3,14 +3,13 @@ where detrkit is NOT importable (plain transformers + trust_remote_code), the ob
 push_to_hub with the upload intercepted."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SMALL, run_without_detrkit
+from helpers import FRESH_PROCESS, SMALL, run_without_detrkit
 from PIL import Image
 
 from detrkit.modeling import DetrConfig, DetrForObjectDetection, DetrModel
@@ -57,31 +56,6 @@ def test_save_writes_auto_map_code_safetensors_and_card(saved):
     assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
     card = (folder / "README.md").read_text()
     assert "pipeline_tag: object-detection" in card and "resnet18" in card and "$" not in card.split("```")[0]
-
-
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import numpy as np, torch
-    from PIL import Image
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
-
-    folder = sys.argv[1]
-    model = AutoModelForObjectDetection.from_pretrained(folder, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    expected = torch.load(folder + "/expected.pt")
-    with torch.no_grad():
-        logits = model(expected["pixel_values"]).logits
-    torch.testing.assert_close(logits, expected["logits"])
-
-    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    detector = pipeline("object-detection", model=model, image_processor=processor)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
-    detections = detector(image, threshold=0.0)
-    assert detections and set(detections[0]) == {"score", "label", "box"}, detections
-    assert detections[0]["label"].startswith("class_"), detections[0]
-    print("REMOTE-OK", type(model).__module__, type(processor).__module__)
-    """
-)
 
 
 def test_trust_remote_code_in_fresh_process_without_detrkit(saved, tmp_path):

@@ -7,37 +7,11 @@ import warnings
 
 import pytest
 import torch
+from helpers import compare, make_inputs
 
 import detrkit.kernels as kernels
 from detrkit.kernels import build, multi_scale_deformable_attention
 from detrkit.modeling.deformable_sampling import multi_scale_deformable_attention as reference
-
-
-def make_inputs(shapes, batch=2, queries=7, heads=3, head_dim=8, points=4, dtype=torch.float64, low=-0.2, high=1.2,
-                seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.long)
-    sizes = spatial_shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    value = torch.randn(batch, int(sizes.sum()), heads, head_dim, generator=generator, dtype=dtype)
-    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=generator, dtype=dtype)
-    locations = locations * (high - low) + low
-    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator, dtype=dtype)
-    return value, spatial_shapes, starts, locations, weights
-
-
-def compare(inputs, atol, rtol, use_kernel_ref=False):
-    """Forward and the three gradients of kernel and reference on the same inputs and output gradient."""
-    value, spatial_shapes, starts, locations, weights = inputs
-    results = []
-    for fn in (multi_scale_deformable_attention, reference):
-        leaves = [t.detach().clone().requires_grad_() for t in (value, locations, weights)]
-        output = fn(leaves[0], spatial_shapes, starts, leaves[1], leaves[2])
-        grad = torch.linspace(-1, 1, output.numel(), dtype=output.dtype, device=output.device).view_as(output)
-        grads = torch.autograd.grad(output, leaves, grad) if output.numel() else [torch.zeros_like(t) for t in leaves]
-        results.append((output, *grads))
-    for name, got, expected in zip(("output", "grad value", "grad locations", "grad weights"), *results):
-        torch.testing.assert_close(got, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
 def test_cpu_kernel_builds_and_loads():
@@ -235,7 +209,9 @@ def test_arch_flags_and_cache_folder(monkeypatch, tmp_path):
 def test_deformable_detr_same_with_kernel_and_reference(monkeypatch):
     """The whole model (freshly initialised: sampling points sit exactly on pixel centres, where the location
     gradient is one-sided) gives the same outputs, loss and gradients with the kernel and the reference."""
-    from test_deformable_detr_parity import SMALL, VARIANTS, padded_batch
+    from helpers import DEFORMABLE_SMALL as SMALL
+    from helpers import DEFORMABLE_VARIANTS as VARIANTS
+    from helpers import deformable_batch as padded_batch
 
     from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
 

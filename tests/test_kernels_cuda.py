@@ -2,7 +2,7 @@
 runtime parity with the PyTorch reference (skipped without a GPU)."""
 import pytest
 import torch
-from test_kernels_cpu import compare, make_inputs
+from helpers import compare, make_inputs
 
 import detrkit.kernels as kernels
 from detrkit.kernels import build, multi_scale_deformable_attention

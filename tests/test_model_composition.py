@@ -17,7 +17,7 @@ from detrkit.modeling import (
     DetrModel,
 )
 
-from conftest import SMALL, padded_batch, random_labels
+from helpers import SMALL, padded_batch, random_labels
 
 MODELING = Path(__file__).resolve().parents[1] / "modeling" / "detrkit" / "modeling"
 

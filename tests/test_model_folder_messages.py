@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import SMALL
+from helpers import SMALL
 from PIL import Image
 
 from detrkit.cli import dispatch as cli

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_labels
+from helpers import random_labels
 from torchvision.ops import sigmoid_focal_loss
 from transformers import RTDetrConfig
 from transformers.loss.loss_rt_detr import RTDetrLoss

@@ -3,12 +3,12 @@ processor labels with masks -> collator -> mask losses; model outputs -> post-pr
 on these real outputs) -> PQ against the ground-truth PNGs."""
 
 import numpy as np
-import pytest
 import torch
 import transformers
-from conftest import SMALL
+from helpers import SMALL
 from PIL import Image
 
+import detrkit.modeling as modeling
 from detrkit.data.builtin.panoptic_shapes import write_builtin_panoptic_dataset
 from detrkit.data.coco_panoptic import load_coco_panoptic
 from detrkit.data.collator import DetectionCollator
@@ -16,8 +16,6 @@ from detrkit.data.panoptic_dataset import PanopticDataset
 from detrkit.metrics.panoptic import PanopticQuality, panoptic_prediction
 from detrkit.processing import DetrImageProcessor
 from detrkit.processing.segmentation_annotations import rgb_to_id
-
-modeling = pytest.importorskip("detrkit.modeling")
 
 
 def test_panoptic_files_to_loss_to_pq(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SMALL
+from helpers import SMALL
 from PIL import Image
 
 from detrkit.modeling import (

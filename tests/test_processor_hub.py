@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import run_without_detrkit
+from helpers import run_without_detrkit
 from PIL import Image
 
 from detrkit.modeling import DetrConfig

@@ -18,7 +18,7 @@ from detrkit.training.memory_savers import (
     remove_memory_savers,
 )
 
-from conftest import padded_batch, random_labels
+from helpers import padded_batch, random_labels
 
 
 def saved_storages(fn, *args):

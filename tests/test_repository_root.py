@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import SMALL, run_without_detrkit
+from helpers import SMALL, run_without_detrkit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 1, decoder_layers: 1, "

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import SMALL, padded_batch, random_labels
+from helpers import SMALL, padded_batch, random_labels
 from safetensors import safe_open
 
 from detrkit.modeling import (

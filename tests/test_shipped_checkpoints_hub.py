@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_without_detrkit
+from helpers import run_without_detrkit
 
 from detrkit.deploy.refresh_code import code_changes
 from detrkit.inference.loading import load_for_inference

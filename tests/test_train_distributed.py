@@ -7,15 +7,13 @@ padding), and DETR's "no object" weight 1 (its weighted cross-entropy is a per-p
 box losses divide by the box count averaged over processes already).
 """
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from helpers import TRAIN
+from helpers import run_training as run
 from safetensors.torch import load_file
 
-TRAIN = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 TINY_DETR = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 1, decoder_layers: 1, "
              "encoder_attention_heads: 2, decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, "
              "num_queries: 10, auxiliary_loss: true, dropout: 0.0, eos_coefficient: 1.0}")
@@ -31,13 +29,6 @@ def train_args(output_dir, data_cache, batch_size):
             # each process draws its own denoising noise, so only the paper recipe decomposes exactly (the denoising
             # recipes across processes: test_modern_training_runs.py)
             "--recipe", "paper"]
-
-
-def run(command, **env_vars):
-    env = dict(os.environ, OMP_NUM_THREADS="1", **env_vars)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result.stdout
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):

@@ -99,7 +99,7 @@ def test_evaluate_command_with_tta(tmp_path):
     """`detrkit evaluate MODEL --data shapes-a --tta` on a tiny random model: runs and records the TTA setting."""
     import json
 
-    from conftest import SMALL
+    from helpers import SMALL
 
     from detrkit.modeling import DetrConfig, DetrForObjectDetection
     from detrkit.data.builtin.shapes import builtin_categories

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL
+from helpers import SMALL
 
 av = pytest.importorskip("av")
 

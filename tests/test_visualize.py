@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import SMALL
+from helpers import SMALL
 
 from detrkit.deploy.visualize import attention_maps, draw
 from detrkit.deploy.visualize_command import main
