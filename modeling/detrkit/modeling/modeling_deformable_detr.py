@@ -26,13 +26,8 @@ from .denoising import DenoisingQueries
 from .detr_base import MLP, DetrFamilyPreTrainedModel, build_backbone, check_inputs, mask_if_padded, output_flags
 from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import box_position_embedding, build_position_encoding, inverse_sigmoid
-from .training_queries import (
-    TrainingQueries,
-    ignored_on_save,
-    query_counts,
-    split_training_queries,
-    training_self_attention_mask,
-)
+from .training_queries import (TrainingQueries, ignored_on_save, query_counts, split_training_queries,
+                               training_self_attention_mask)
 
 
 @dataclass

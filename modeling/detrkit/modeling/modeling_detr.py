@@ -24,13 +24,8 @@ from .denoising import DenoisingQueries
 from .detr_transformer import Decoder, Encoder
 from .loss import SetCriterion, compute_set_loss, validate_labels
 from .position_encoding import build_position_encoding
-from .training_queries import (
-    TrainingQueries,
-    ignored_on_save,
-    query_counts,
-    split_training_queries,
-    training_self_attention_mask,
-)
+from .training_queries import (TrainingQueries, ignored_on_save, query_counts, split_training_queries,
+                               training_self_attention_mask)
 
 
 @dataclass
