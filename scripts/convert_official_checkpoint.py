@@ -2,7 +2,7 @@
 OUTPUT_DIR [--dc5]` (the same as `detrkit convert`)."""
 import sys
 
-from detrkit.conversion.cli import main
+from detrkit.conversion.convert_command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ PARSERS = {  # command line -> the function that builds its parser
     ("evaluate",): "detrkit.inference.evaluate_command:argument_parser",
     ("predict",): "detrkit.inference.predict_command:argument_parser",
     ("data", "check"): "detrkit.data.check:argument_parser",
-    ("convert",): "detrkit.conversion.cli:build_parser",
+    ("convert",): "detrkit.conversion.convert_command:build_parser",
     ("export",): "detrkit.deploy.export_command:argument_parser",
     ("visualize",): "detrkit.deploy.visualize_command:argument_parser",
     ("demo",): "detrkit.deploy.demo_command:argument_parser",

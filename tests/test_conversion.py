@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 
 from detrkit.conversion.checkpoint_file import CheckpointError, load_official_checkpoint
-from detrkit.conversion.cli import main as convert_main
+from detrkit.conversion.convert_command import main as convert_main
 from detrkit.conversion.convert import build_converted_model, convert_official_checkpoint
 from detrkit.modeling import DeformableDetrForObjectDetection, DetrForObjectDetection
 

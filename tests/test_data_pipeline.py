@@ -9,7 +9,7 @@ from detrkit.data.builtin.shapes import write_builtin_dataset
 from detrkit.data.collator import DetectionCollator
 from detrkit.data.dataset import DetectionDataset
 from detrkit.data.layouts import load_detection_data
-from detrkit.metrics.coco import coco_evaluate
+from detrkit.metrics.coco_ap import coco_evaluate
 from detrkit.processing import DetrImageProcessor
 
 

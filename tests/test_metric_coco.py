@@ -10,9 +10,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detrkit.metrics.coco import STAT_NAMES, CocoDetectionMetric, CocoEvaluator, coco_evaluate
+from detrkit.metrics.coco_ap import STAT_NAMES, CocoDetectionMetric, CocoEvaluator, coco_evaluate
 
-METRIC_FILE = Path(__file__).resolve().parents[1] / "scripts" / "detrkit" / "metrics" / "coco.py"
+METRIC_FILE = Path(__file__).resolve().parents[1] / "scripts" / "detrkit" / "metrics" / "coco_ap.py"
 
 
 def direct_cocoeval(gt_images, gt_annotations, detections, num_classes):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detrkit.metrics.coco import coco_mask_evaluate
+from detrkit.metrics.coco_ap import coco_mask_evaluate
 from detrkit.processing import DetrImageProcessor
 
 

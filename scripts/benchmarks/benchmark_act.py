@@ -152,7 +152,7 @@ def accuracy_part(checkpoint: str, data_root: str, mtkd: dict, threshold: float,
 
     import detrkit.processing  # noqa: F401  (registers detrkit's processors: checkpoints/ folders name no code)
     from detrkit.modeling import DetrForObjectDetection
-    from detrkit.metrics.coco import coco_evaluate
+    from detrkit.metrics.coco_ap import coco_evaluate
     from detrkit.inference.coco_evaluation import predict
 
     processor = AutoImageProcessor.from_pretrained(checkpoint)

@@ -164,11 +164,11 @@ def run_recipe(arguments: list[str], run_dir: Path) -> dict:
 def train_step_speed(arguments: list[str], steps: int, warmup: int = 2) -> float:
     """Images per second in a training step of the run's model on its batches (after `warmup` steps)."""
     from detrkit.training.config import parse_config
-    from detrkit.training.detection import detection_task, prepare_run
+    from detrkit.training.detection import detection_task, prepare_detection_run
     from detrkit.training.optim import build_optimizer
 
     with contextlib.redirect_stdout(io.StringIO()):
-        config, accelerator, loaded, data, model, _ = prepare_run(parse_config(arguments))
+        config, accelerator, loaded, data, model, _ = prepare_detection_run(parse_config(arguments))
         task = detection_task(config, accelerator, loaded, data, model)
     optimizer = build_optimizer(task.model, config.lr, config.lr_backbone_mult, config.lr_linear_proj_mult,
                                 config.weight_decay)

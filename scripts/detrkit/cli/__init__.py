@@ -6,5 +6,5 @@ options.py        the options several commands share (`--trust-remote-code [BOOL
 device_option.py  `--device` (cpu, cuda, cuda:N, mps): checked by spelling for --help, resolved with torch when run
 
 Each command is a module with `main(argv) -> int | None` in the package it belongs to (training.train,
-inference.evaluate_command, inference.predict_command, data.check, conversion.cli, deploy.*).
+inference.evaluate_command, inference.predict_command, data.check, conversion.convert_command, deploy.*).
 """

@@ -13,7 +13,7 @@ COMMANDS = {  # name -> (module, one-line summary)
     "evaluate": ("detrkit.inference.evaluate_command", "COCO evaluation of a model on a data set"),
     "predict": ("detrkit.inference.predict_command", "detect objects in images, folders, globs, URLs or videos"),
     "data": ("detrkit.data.check", "summarise and check a data set (detrkit data check PATH)"),
-    "convert": ("detrkit.conversion.cli", "convert an official DETR / Deformable DETR .pth checkpoint"),
+    "convert": ("detrkit.conversion.convert_command", "convert an official DETR / Deformable DETR .pth checkpoint"),
     "export": ("detrkit.deploy.export_command", "export a model to ONNX"),
     "visualize": ("detrkit.deploy.visualize_command", "draw what a model attends to"),
     "demo": ("detrkit.deploy.demo_command", "start the Gradio web demo"),

@@ -6,7 +6,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from detrkit.metrics.coco import coco_evaluate
+from detrkit.metrics.coco_ap import coco_evaluate
 
 TABLE_ROWS = (
     ("map", "AP     @[IoU=0.50:0.95 | area=   all | maxDets=100]"),

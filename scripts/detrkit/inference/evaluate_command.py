@@ -89,7 +89,7 @@ def predict_split(model, processor, records, args, device) -> dict[int, dict]:
 def evaluate_command(args) -> dict:
     from detrkit.cli.device_option import resolve_device
     from detrkit.families import family_of
-    from detrkit.metrics.coco import coco_evaluate
+    from detrkit.metrics.coco_ap import coco_evaluate
 
     from .coco_evaluation import format_table
     from .label_mapping import map_model_labels, remap_detections

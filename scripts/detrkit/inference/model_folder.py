@@ -22,13 +22,14 @@ def check_weights_file(folder: Path, name: str) -> None:
     if present[0] == "model.safetensors":
         check_safetensors(folder / "model.safetensors")
     elif present[0] == "model.safetensors.index.json":
-        for shard in sorted(set(read_json(folder / present[0], name).get("weight_map", {}).values())):
+        for shard in sorted(set(read_weights_index(folder / present[0], name).get("weight_map", {}).values())):
             if not (folder / shard).is_file():
                 raise OSError(f"{folder / shard}: missing (listed in {present[0]})")
             check_safetensors(folder / shard)
 
 
-def read_json(path: Path, name: str) -> dict:
+def read_weights_index(path: Path, name: str) -> dict:
+    """model.safetensors.index.json, or one line saying it is not valid JSON."""
     import json
 
     try:

@@ -1,6 +1,6 @@
 """detrkit.metrics: what a model's predictions score against the ground truth.
 
-coco.py      COCO box mAP (pycocotools' COCOeval; also an `evaluate` metric module, loadable by its path alone)
+coco_ap.py   COCO box mAP (pycocotools' COCOeval; also an `evaluate` metric module, loadable by its path alone)
              and mask AP of instance segmentation
 panoptic.py  panoptic quality (PQ = SQ x RQ), computed as panopticapi's pq_compute does
 
@@ -13,8 +13,8 @@ _COCO_EXPORTS = ("STAT_NAMES", "CocoDetectionMetric", "CocoEvaluator", "coco_eva
 
 def __getattr__(name):
     if name in _COCO_EXPORTS:
-        from . import coco
-        return getattr(coco, name)
+        from . import coco_ap
+        return getattr(coco_ap, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -39,18 +39,18 @@ def quiet_logging() -> None:
 def train_detection(config: TrainConfig) -> dict:
     """Run training as configured; returns the final evaluation metrics (also written to metrics.json)."""
     quiet_logging()
-    config, accelerator, loaded, data, model, notes = prepare_run(config)
+    config, accelerator, loaded, data, model, notes = prepare_detection_run(config)
     accelerator.print(format_config(config, notes))
     task = detection_task(config, accelerator, loaded, data, model)
     accelerator.init_trackers("detrkit", config={k: v for k, v in config.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
     trained = fit(task, config, accelerator, config.output_dir, resume=config.resume)
-    export_run(config, accelerator, trained, loaded, data)
+    export_detection_run(config, accelerator, trained, loaded, data)
     accelerator.end_training()  # after the final evaluation: it tears the process group down
     return trained.metrics
 
 
-def prepare_run(config: TrainConfig):
+def prepare_detection_run(config: TrainConfig):
     """Config -> (config with every choice made, accelerator, loaded model, data, model, notes)."""
     config, notes = launcher_settings(config)
     config, accelerator = make_accelerator(config)
@@ -107,7 +107,7 @@ def detection_loaders(config: TrainConfig, data, accelerator: Accelerator) -> tu
     return train_loader, eval_loader
 
 
-def export_run(config: TrainConfig, accelerator: Accelerator, trained: Trained, loaded, data) -> None:
+def export_detection_run(config: TrainConfig, accelerator: Accelerator, trained: Trained, loaded, data) -> None:
     """<output_dir>/model (weights, processor, card), metrics.json, training.png, predictions.png; pushed when
     asked."""
     if accelerator.is_main_process:
@@ -143,4 +143,5 @@ def write_metrics(path: Path, metrics: dict, data, trained: Trained) -> None:
                                indent=2))
 
 
-__all__ = ["METRIC_KEYS", "detection_loaders", "detection_task", "export_run", "prepare_run", "train_detection"]
+__all__ = ["METRIC_KEYS", "detection_loaders", "detection_task", "export_detection_run", "prepare_detection_run",
+           "train_detection"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from detrkit.metrics.coco import CocoEvaluator
+from detrkit.metrics.coco_ap import CocoEvaluator
 
 # Every output field of DETR / Deformable DETR detection outputs except the two the metric reads.
 EVAL_IGNORE_KEYS = [

@@ -51,7 +51,7 @@ def train_segmentation(config: TrainConfig) -> dict:
         raise UsageError(f"train_segmentation is for --task panoptic|instance, got {config.task!r}")
     quiet_logging()
     started = time.time()
-    config, accelerator, loaded, data, detector = prepare_run(config)
+    config, accelerator, loaded, data, detector = prepare_segmentation_run(config)
     output, log = Path(config.output_dir), accelerator.print
     accelerator.init_trackers("detrkit", config={k: v for k, v in config.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
@@ -71,12 +71,12 @@ def train_segmentation(config: TrainConfig) -> dict:
     evaluation = SegmentationEvaluation(data, loaded.processor, config.task, config.threshold, accelerator.device,
                                         eval_loader(data, loaded.processor, config))
     steps["masks"] = train_mask_step(model, data, config, accelerator, evaluation)
-    metrics = export_run(config, accelerator, steps, loaded.processor, data, evaluation, started)
+    metrics = export_segmentation_run(config, accelerator, steps, loaded.processor, data, evaluation, started)
     accelerator.end_training()
     return metrics
 
 
-def prepare_run(config: TrainConfig):
+def prepare_segmentation_run(config: TrainConfig):
     """Config -> (config with every choice made, accelerator, loaded model, data, detector for the data's
     classes)."""
     from .config import launcher_settings
@@ -170,8 +170,8 @@ def eval_loader(data: SegmentationData, processor, config: TrainConfig) -> DataL
                       num_workers=config.num_workers)
 
 
-def export_run(config: TrainConfig, accelerator: Accelerator, steps: dict[str, Trained], processor,
-               data: SegmentationData, evaluation: SegmentationEvaluation, started: float) -> dict:
+def export_segmentation_run(config: TrainConfig, accelerator: Accelerator, steps: dict[str, Trained], processor,
+                            data: SegmentationData, evaluation: SegmentationEvaluation, started: float) -> dict:
     """<output_dir>/model (the segmentation model and its processor), metrics.json, panoptic.png, predictions.png."""
     output, trained = Path(config.output_dir), steps["masks"]
     model = trained.model
@@ -191,4 +191,5 @@ def export_run(config: TrainConfig, accelerator: Accelerator, steps: dict[str, T
     return metrics
 
 
-__all__ = ["export_run", "prepare_run", "train_detector_step", "train_mask_step", "train_segmentation"]
+__all__ = ["export_segmentation_run", "prepare_segmentation_run", "train_detector_step", "train_mask_step",
+           "train_segmentation"]

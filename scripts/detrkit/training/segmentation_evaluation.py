@@ -55,7 +55,7 @@ def panoptic_metrics(data: SegmentationData, predictions: dict) -> dict:
 def mask_ap(data: SegmentationData, predictions: dict) -> dict:
     """COCO mask AP (pycocotools' COCOeval, iouType "segm") of the instance segments: AP, AP50, AP75 and AP by
     area as segm_map, segm_map_50, ..."""
-    from detrkit.metrics.coco import STAT_NAMES, coco_mask_evaluate
+    from detrkit.metrics.coco_ap import STAT_NAMES, coco_mask_evaluate
 
     stats = coco_mask_evaluate(data.eval_records, predictions, data.id2label)
     return {f"segm_{name}": stats[name] for name in STAT_NAMES[:6]}

@@ -9,7 +9,7 @@ boxes (x0, y0, x1, y1) in absolute pixels of the original image. References (gro
 
 Labels and ``category_id`` are in the same (contiguous) label space. The numbers are COCOeval's own ``stats``
 (so -1 where an area range has no ground truth), computed from exactly these inputs. This file imports no
-other detrkit file, so ``evaluate.load("path/to/coco.py")`` can copy it alone.
+other detrkit file, so ``evaluate.load("path/to/coco_ap.py")`` can copy it alone.
 """
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ _LABELS_REFERENCE = {
 
 
 class CocoDetectionMetric(evaluate.Metric):
-    """COCO box mAP as an ``evaluate`` metric: ``evaluate.load("scripts/detrkit/metrics/coco.py")`` or use directly.
+    """COCO box mAP as an ``evaluate`` metric: ``evaluate.load("scripts/detrkit/metrics/coco_ap.py")`` or use directly.
 
     ``compute(predictions=..., references=..., id2label=None, per_class=False)`` returns map, map_50, map_75,
     map_small, map_medium, map_large, mar_1, mar_10, mar_100, mar_small, mar_medium, mar_large.
