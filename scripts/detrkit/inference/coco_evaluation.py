@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from detrkit.metrics.coco_ap import coco_evaluate
+from detrkit.progress import progress
 
 TABLE_ROWS = (
     ("map", "AP     @[IoU=0.50:0.95 | area=   all | maxDets=100]"),
@@ -36,7 +36,7 @@ def predict(model, loader, processor, accelerator=None, desc: str = "evaluating"
     model.eval()
     results = {}
     main = accelerator is None or accelerator.is_local_main_process
-    for batch in tqdm(loader, desc=desc, disable=not main, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc, disable=not main, leave=False):
         outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"))
         sizes = torch.stack([t["orig_size"] for t in batch["labels"]]).to(outputs.pred_boxes.device)
         detections = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from detrkit.errors import UsageError
+from detrkit.progress import progress as progress_bar
 
 from .checkpoint import load_checkpoint, read_index, resolve_resume, save_checkpoint
 from .config import TrainConfig
@@ -152,9 +152,8 @@ class TrainingLoop:
         self.train_loader.set_epoch(epoch)
         loader = self.accelerator.skip_first_batches(self.train_loader, done) if done else self.train_loader
         self.model.train()
-        progress = tqdm(loader, desc=f"{self.label}epoch {epoch + 1}/{self.config.epochs}", initial=done,
-                        total=self.batches_per_epoch, disable=not self.accelerator.is_local_main_process,
-                        dynamic_ncols=True)
+        progress = progress_bar(loader, f"{self.label}epoch {epoch + 1}/{self.config.epochs}", initial=done,
+                                total=self.batches_per_epoch, disable=not self.accelerator.is_local_main_process)
         for batch in progress:
             if self.train_batch(batch, progress):
                 break

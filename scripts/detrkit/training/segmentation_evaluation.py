@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from accelerate.utils import extract_model_from_parallel
-from tqdm.auto import tqdm
+
+from detrkit.progress import progress
 
 from .segmentation_data import SegmentationData
 
@@ -20,7 +21,7 @@ def predict_segments(model, loader, processor, task: str, stuff: set[int], thres
     sigmoid_scores = bool(getattr(processor, "sigmoid_scores", False))
     mask_threshold = 0.5 * threshold if sigmoid_scores else 0.5
     results = {}
-    for batch in tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True):
+    for batch in progress(loader, "evaluating", leave=False):
         outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in batch["labels"]]
         if task == "panoptic":
