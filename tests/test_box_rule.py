@@ -58,7 +58,8 @@ def write_images(folder, names):
 def write_coco(root):
     names = [f"{i:02d}-{name}" for i, (name, _, _) in enumerate(CASES)]
     write_images(root / "train", names)
-    coco = {"images": [{"id": i, "file_name": f"{n}.png", "width": WIDTH, "height": HEIGHT} for i, n in enumerate(names)],
+    coco = {"images": [{"id": i, "file_name": f"{n}.png", "width": WIDTH, "height": HEIGHT}
+                       for i, n in enumerate(names)],
             "annotations": [{"id": 100 + i, "image_id": i, "bbox": xywh(corners), "category_id": 1, "iscrowd": 0}
                             for i, (_, corners, _) in enumerate(CASES)],
             "categories": [{"id": 1, "name": "thing"}]}

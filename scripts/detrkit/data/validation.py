@@ -7,9 +7,9 @@ An image with a malformed box is skipped as a whole: keeping it without that box
 real object background. The boxes of the images kept follow the one box rule of ``detrkit.processing.box_rule``,
 the image processor's too: a box crossing the image edge is clipped to it, one of zero size or entirely outside
 the image is dropped; :class:`~detrkit.data.problems.BoxReport` counts the first and names the second, and
-``detrkit data check`` and training print that same report. Images are checked by their header only (``check_images="header"``): decoding every image up
-front costs minutes at COCO size, and a file that is truncated past its header is reported and skipped when the
-data loader reads it (see ``dataset.py``).
+``detrkit data check`` and training print that same report. Images are checked by their header only
+(``check_images="header"``): decoding every image up front costs minutes at COCO size, and a file that is truncated
+past its header is reported and skipped when the data loader reads it (see ``dataset.py``).
 """
 from __future__ import annotations
 
@@ -157,7 +157,8 @@ def finish(checked: CheckedRecords, on_error: OnError, records: Sequence[Detecti
                          num_skipped=num_entries - len(records), layout=checked.layout, cache_file=cache_file,
                          boxes=checked.boxes)
     if checked.boxes:
-        logger.warning("%s: the box rule:\n%s", checked.source, "\n".join(f"  {line}" for line in checked.boxes.lines()))
+        logger.warning("%s: the box rule:\n%s", checked.source,
+                       "\n".join(f"  {line}" for line in checked.boxes.lines()))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems[:20])
         more = f"\n  ... {len(problems) - 20} more in DetectionData.problems" if len(problems) > 20 else ""
