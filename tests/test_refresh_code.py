@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def untouched(folder: Path) -> dict:
     """Bytes and modification times of everything but the code."""
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file() and p.suffix != ".py"}
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()
+            if p.is_file() and p.suffix != ".py"}
 
 
 def test_the_set_is_what_save_pretrained_writes(tmp_path):

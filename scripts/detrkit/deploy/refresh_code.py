@@ -95,11 +95,11 @@ class CodeChanges:
 
     def describe(self, check: bool) -> str:
         if not self:
-            return f"{self.folder}: up to date ({len(self.needed)} code files)"
+            return f"{shown(self.folder)}: up to date ({len(self.needed)} code files)"
         words = (("stale", "missing", "extra") if check else ("rewritten", "added", "removed"))
         parts = [f"{word}: {', '.join(names)}" for word, names in zip(words, (self.stale, self.missing, self.extra))
                  if names]
-        return f"{self.folder}: " + "; ".join(parts)
+        return f"{shown(self.folder)}: " + "; ".join(parts)
 
 
 def code_changes(folder: str | Path) -> CodeChanges:
@@ -158,14 +158,16 @@ def default_folders() -> list[Path]:
     return sorted(p.parent for p in (root / "checkpoints").glob("*/config.json"))
 
 
-def command_line(folders: list[Path]) -> str:
-    """The command that refreshes `folders` (paths relative to the working directory where they lie below it)."""
-    def shown(folder: Path) -> str:
-        try:
-            return str(folder.resolve().relative_to(Path.cwd()))
-        except ValueError:
-            return str(folder)
+def shown(folder: Path) -> str:
+    """`folder` relative to the working directory where it lies below it."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(folder)
 
+
+def command_line(folders: list[Path]) -> str:
+    """The command that refreshes `folders`."""
     return " ".join(["detrkit refresh-code", *map(shown, folders)])
 
 
