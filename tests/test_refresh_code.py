@@ -44,12 +44,15 @@ def test_restores_stale_missing_and_extra_files_and_check_reports(tmp_path, caps
     assert main([str(folder), "--check"]) == 1
     out = capsys.readouterr().out
     assert "stale: loss.py" in out and "missing: matcher.py" in out and "extra: renamed_module.py" in out
-    assert f"detrkit refresh-code {folder}" in out
+    assert f"detrkit refresh-code --remove-extra {folder}" in out
     assert (folder / "loss.py").read_text() == "# an older loss.py\n" and not (folder / "matcher.py").exists()
 
-    assert main([str(folder)]) == 0
+    assert main([str(folder)]) == 0  # a file it does not need may be the user's: listed, kept
     out = capsys.readouterr().out
-    assert "rewritten: loss.py" in out and "added: matcher.py" in out and "removed: renamed_module.py" in out
+    assert "rewritten: loss.py" in out and "added: matcher.py" in out and "extra, kept" in out
+    assert (folder / "renamed_module.py").exists()
+    assert main([str(folder), "--remove-extra"]) == 0
+    assert "removed: renamed_module.py" in capsys.readouterr().out
     assert {p.name for p in folder.glob("*.py")} == set(needed)
     assert all((folder / name).read_bytes() == source.read_bytes() for name, source in needed.items())
     assert not list(folder.glob(".*.tmp"))

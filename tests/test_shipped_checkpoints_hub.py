@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import run_without_detrkit
 
-from detrkit.deploy.refresh_code import code_changes
+from detrkit.deploy.refresh_code import code_changes, command_line
 from detrkit.inference.loading import load_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,4 +53,4 @@ def test_shipped_code_is_the_packages_code(folder):
     changes = code_changes(ROOT / folder)
     assert len(changes.needed) > 10
     assert not changes, (f"{changes.describe(check=True)}\nThe shipped code is not the package's. To rewrite it "
-                         f"(weights untouched), run from the repository root: detrkit refresh-code {folder}")
+                         f"(weights untouched), run from the repository root: {command_line([changes])}")

@@ -4,8 +4,9 @@ A folder that plain transformers loads with `trust_remote_code=True` carries cop
 processing files: the file defining each class its config.json / preprocessor_config.json `auto_map` names, plus the
 files those import with same-folder relative imports (transformers' own rule, `get_relative_import_files`, which
 save_pretrained follows). This command recomputes that set from today's package and makes the folder hold exactly
-it: stale copies rewritten, missing ones added, other *.py files (a module since renamed or removed) deleted. Weights,
-JSON files and the model card are not touched. Each file is written to a temporary file beside it, then renamed.
+it: stale copies rewritten, missing ones added. Other *.py files (a module since renamed or removed, or a script of
+the user's) are listed and kept; `--remove-extra` deletes them. Weights, JSON files and the model card are not
+touched. Each file is written to a temporary file beside it, then renamed.
 
 Default FOLDER: every checkpoints/*/ of the checkout. `--check` writes nothing and exits with status 1 when a
 folder is out of date. A change that needs new config keys or weights needs a re-save (save_pretrained), not this.
@@ -93,10 +94,11 @@ class CodeChanges:
     def __bool__(self) -> bool:
         return bool(self.stale or self.missing or self.extra)
 
-    def describe(self, check: bool) -> str:
+    def describe(self, check: bool, remove_extra: bool = False) -> str:
         if not self:
             return f"{shown(self.folder)}: up to date ({len(self.needed)} code files)"
-        words = (("stale", "missing", "extra") if check else ("rewritten", "added", "removed"))
+        kept = "extra, kept (not needed by auto_map; --remove-extra deletes)"
+        words = ("stale", "missing", "extra") if check else ("rewritten", "added", "removed" if remove_extra else kept)
         parts = [f"{word}: {', '.join(names)}" for word, names in zip(words, (self.stale, self.missing, self.extra))
                  if names]
         return f"{shown(self.folder)}: " + "; ".join(parts)
@@ -114,13 +116,14 @@ def code_changes(folder: str | Path) -> CodeChanges:
     return changes
 
 
-def refresh_code(folder: str | Path, check: bool = False) -> CodeChanges:
-    """Make `folder`'s *.py files exactly the package's files it needs (unless `check`); returns what differed."""
+def refresh_code(folder: str | Path, check: bool = False, remove_extra: bool = False) -> CodeChanges:
+    """Rewrite `folder`'s stale and missing code files from the package (unless `check`), and delete the *.py files
+    it does not need only with `remove_extra` (they may be the user's); returns what differed."""
     changes = code_changes(folder)
     if not check:
         for name in changes.stale + changes.missing:
             write_atomically(changes.folder / name, changes.needed[name].read_bytes())
-        for name in changes.extra:
+        for name in changes.extra if remove_extra else ():
             (changes.folder / name).unlink()
     return changes
 
@@ -166,9 +169,10 @@ def shown(folder: Path) -> str:
         return str(folder)
 
 
-def command_line(folders: list[Path]) -> str:
-    """The command that refreshes `folders`."""
-    return " ".join(["detrkit refresh-code", *map(shown, folders)])
+def command_line(changes: list[CodeChanges]) -> str:
+    """The command that brings the folders of `changes` up to date."""
+    extra = ["--remove-extra"] if any(c.extra for c in changes) else []
+    return " ".join(["detrkit refresh-code", *extra, *(shown(c.folder) for c in changes)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,10 +187,10 @@ def command(argv: list[str]) -> int:
     folders = [Path(f) for f in args.folders] or default_folders()
     changed = []
     for folder in folders:
-        changes = refresh_code(folder, check=args.check)
-        print(changes.describe(args.check))
+        changes = refresh_code(folder, check=args.check, remove_extra=args.remove_extra)
+        print(changes.describe(args.check, args.remove_extra))
         if changes:
-            changed.append(folder)
+            changed.append(changes)
     if args.check and changed:
         print(f"{len(changed)} folder(s) out of date; to rewrite their code: {command_line(changed)}")
         return 1
@@ -201,4 +205,6 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; list stale, missing and extra code files and exit with status 1 when a "
                              "folder has any (default: rewrite them)")
+    parser.add_argument("--remove-extra", action="store_true",
+                        help="also delete the *.py files a folder does not need (default: list and keep them)")
     return parser
