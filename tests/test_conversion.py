@@ -11,197 +11,20 @@ errors for files that are not official checkpoints.
 import argparse
 import functools
 import http.server
-import math
 import threading
 
 import pytest
 import torch
-import torchvision
+from helpers import OFFICIAL_DEFORMABLE_VARIANTS as DEFORMABLE_VARIANTS
+from helpers import deformable_args, official_deformable_state_dict, official_detr_state_dict, randomize
+from helpers import save_deformable
+from helpers import two_images as padded_batch
 from torch import nn
 
 from detrkit.conversion.checkpoint_file import CheckpointError, load_official_checkpoint
 from detrkit.conversion.convert_command import main as convert_main
 from detrkit.conversion.convert import build_converted_model, convert_official_checkpoint
 from detrkit.modeling import DeformableDetrForObjectDetection, DetrForObjectDetection
-
-
-class _MLP(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, 4)])
-
-
-def _backbone(name):
-    resnet = getattr(torchvision.models, name)(weights=None)
-    # the official FrozenBatchNorm2d keeps no num_batches_tracked; IntermediateLayerGetter drops avgpool/fc
-    return {f"backbone.0.body.{k}": v for k, v in resnet.state_dict().items()
-            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-
-
-def _randomize(state_dict, seed):
-    """Random values everywhere (positive variances), so no key can pass for another; weights scaled by their
-    fan-in and BatchNorm near identity so activations stay O(1) through the network."""
-    generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in state_dict.items():
-        noise = torch.randn(value.shape, generator=generator)
-        if key.endswith("running_var"):
-            out[key] = 1 + 0.2 * noise.abs()
-        elif value.ndim == 1 and ("norm" in key or ".bn" in key or "downsample.1" in key):
-            out[key] = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
-        elif value.ndim >= 2:
-            out[key] = noise * (1.4 / value[0].numel()) ** 0.5
-        else:
-            out[key] = 0.1 * noise
-    return out
-
-
-def official_detr_state_dict(backbone="resnet18", d_model=32, heads=2, ffn=64, encoder_layers=1, decoder_layers=2,
-                             queries=8, classes=91, pre_norm=False, learned_positions=False, seed=0):
-    """facebookresearch/detr's models/detr.py + transformer.py + backbone.py names and shapes."""
-    model = nn.Module()
-    transformer = model.transformer = nn.Module()
-    transformer.encoder = nn.Module()
-    transformer.encoder.layers = nn.ModuleList()
-    for _ in range(encoder_layers):
-        layer = nn.Module()
-        layer.self_attn = nn.MultiheadAttention(d_model, heads)
-        layer.linear1, layer.linear2 = nn.Linear(d_model, ffn), nn.Linear(ffn, d_model)
-        layer.norm1, layer.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        transformer.encoder.layers.append(layer)
-    if pre_norm:
-        transformer.encoder.norm = nn.LayerNorm(d_model)
-    transformer.decoder = nn.Module()
-    transformer.decoder.layers = nn.ModuleList()
-    for _ in range(decoder_layers):
-        layer = nn.Module()
-        layer.self_attn = nn.MultiheadAttention(d_model, heads)
-        layer.multihead_attn = nn.MultiheadAttention(d_model, heads)
-        layer.linear1, layer.linear2 = nn.Linear(d_model, ffn), nn.Linear(ffn, d_model)
-        layer.norm1, layer.norm2, layer.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
-        transformer.decoder.layers.append(layer)
-    transformer.decoder.norm = nn.LayerNorm(d_model)
-    model.class_embed = nn.Linear(d_model, classes + 1)
-    model.bbox_embed = _MLP(d_model)
-    model.query_embed = nn.Embedding(queries, d_model)
-    channels = 512 if backbone in ("resnet18", "resnet34") else 2048
-    model.input_proj = nn.Conv2d(channels, d_model, kernel_size=1)
-    state_dict = {**model.state_dict(), **_backbone(backbone)}
-    if learned_positions:
-        state_dict["backbone.1.row_embed.weight"] = torch.empty(50, d_model // 2)
-        state_dict["backbone.1.col_embed.weight"] = torch.empty(50, d_model // 2)
-    return _randomize(state_dict, seed)
-
-
-def _deformable_attention(d_model, heads, levels, points):
-    attention = nn.Module()
-    attention.sampling_offsets = nn.Linear(d_model, heads * levels * points * 2)
-    attention.attention_weights = nn.Linear(d_model, heads * levels * points)
-    attention.value_proj, attention.output_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
-    return attention
-
-
-def official_deformable_state_dict(backbone="resnet18", d_model=32, heads=2, ffn=64, encoder_layers=1,
-                                   decoder_layers=2, queries=8, classes=91, levels=4, points=2,
-                                   with_box_refine=False, two_stage=False, seed=0):
-    """fundamentalvision/Deformable-DETR's models/deformable_detr.py + deformable_transformer.py names and shapes,
-    with the same weight sharing: shared heads appear under every layer's name, refinement/two-stage heads also
-    under transformer.decoder."""
-    model = nn.Module()
-    transformer = model.transformer = nn.Module()
-    transformer.level_embed = nn.Parameter(torch.empty(levels, d_model))
-    transformer.encoder = nn.Module()
-    transformer.encoder.layers = nn.ModuleList()
-    for _ in range(encoder_layers):
-        layer = nn.Module()
-        layer.self_attn = _deformable_attention(d_model, heads, levels, points)
-        layer.norm1, layer.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        layer.linear1, layer.linear2 = nn.Linear(d_model, ffn), nn.Linear(ffn, d_model)
-        transformer.encoder.layers.append(layer)
-    transformer.decoder = nn.Module()
-    transformer.decoder.layers = nn.ModuleList()
-    for _ in range(decoder_layers):
-        layer = nn.Module()
-        layer.cross_attn = _deformable_attention(d_model, heads, levels, points)
-        layer.self_attn = nn.MultiheadAttention(d_model, heads)
-        layer.norm1, layer.norm2, layer.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
-        layer.linear1, layer.linear2 = nn.Linear(d_model, ffn), nn.Linear(ffn, d_model)
-        transformer.decoder.layers.append(layer)
-    if two_stage:
-        transformer.enc_output, transformer.enc_output_norm = nn.Linear(d_model, d_model), nn.LayerNorm(d_model)
-        transformer.pos_trans = nn.Linear(2 * d_model, 2 * d_model)
-        transformer.pos_trans_norm = nn.LayerNorm(2 * d_model)
-    else:
-        transformer.reference_points = nn.Linear(d_model, 2)
-        model.query_embed = nn.Embedding(queries, 2 * d_model)
-    channels = [128, 256, 512] if backbone in ("resnet18", "resnet34") else [512, 1024, 2048]
-    channels = channels if levels > 1 else channels[-1:]
-    projections = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in channels]
-    in_channels = channels[-1]
-    for _ in range(levels - len(channels)):
-        projections.append(nn.Sequential(nn.Conv2d(in_channels, d_model, 3, 2, 1), nn.GroupNorm(32, d_model)))
-        in_channels = d_model
-    model.input_proj = nn.ModuleList(projections)
-    num_pred = decoder_layers + 1 if two_stage else decoder_layers
-    if with_box_refine:
-        model.class_embed = nn.ModuleList(nn.Linear(d_model, classes) for _ in range(num_pred))
-        model.bbox_embed = nn.ModuleList(_MLP(d_model) for _ in range(num_pred))
-        transformer.decoder.bbox_embed = model.bbox_embed
-    else:
-        class_embed, bbox_embed = nn.Linear(d_model, classes), _MLP(d_model)
-        model.class_embed = nn.ModuleList(class_embed for _ in range(num_pred))
-        model.bbox_embed = nn.ModuleList(bbox_embed for _ in range(num_pred))
-    if two_stage:
-        transformer.decoder.class_embed = model.class_embed
-    state_dict = {**model.state_dict(), **_backbone(backbone)}
-    # randomize per parameter, not per key, so the official weight sharing survives
-    for index, tensor in enumerate({id(t): t for t in [*model.parameters(), *model.buffers()]}.values()):
-        with torch.no_grad():
-            tensor.copy_(_randomize({"x": tensor}, seed + index + 1)["x"])
-    state_dict.update(model.state_dict())
-    state_dict.update(_randomize(_backbone(backbone), seed))
-    return state_dict
-
-
-def deformable_args(levels=4, points=2, queries=8, heads=2, with_box_refine=False, two_stage=False,
-                    dilation=False, d_model=32, decoder_layers=2):
-    """The argparse.Namespace Deformable DETR's main.py saves (the fields the converter reads)."""
-    return argparse.Namespace(
-        backbone="resnet18", dilation=dilation, position_embedding="sine", position_embedding_scale=2 * math.pi,
-        num_feature_levels=levels, enc_layers=1, dec_layers=decoder_layers, dim_feedforward=64, hidden_dim=d_model,
-        dropout=0.1, nheads=heads, num_queries=queries, dec_n_points=points, enc_n_points=points,
-        with_box_refine=with_box_refine, two_stage=two_stage, aux_loss=True, set_cost_class=2, set_cost_bbox=5,
-        set_cost_giou=2, cls_loss_coef=2, bbox_loss_coef=5, giou_loss_coef=2, focal_alpha=0.25, lr_backbone=2e-5,
-        masks=False, dataset_file="coco",
-    )
-
-
-DEFORMABLE_VARIANTS = {
-    "multi-scale": {},
-    "single-scale": dict(levels=1),
-    "single-scale-dc5": dict(levels=1, dilation=True),
-    "box-refine": dict(with_box_refine=True),
-    "two-stage": dict(with_box_refine=True, two_stage=True),
-}
-
-
-def save_deformable(folder, name="checkpoint.pth", **variant):
-    dilation = variant.pop("dilation", False)
-    state_dict = official_deformable_state_dict(**variant)
-    args = deformable_args(dilation=dilation, **variant)
-    path = folder / name
-    torch.save({"model": state_dict, "args": args, "epoch": 49}, path)
-    return path, state_dict
-
-
-def padded_batch():
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.zeros(2, 3, 96, 128)
-    pixel_mask = torch.zeros(2, 96, 128, dtype=torch.long)
-    for i, (height, width) in enumerate([(96, 128), (72, 100)]):
-        pixel_values[i, :, :height, :width] = torch.randn(3, height, width, generator=generator)
-        pixel_mask[i, :height, :width] = 1
-    return pixel_values, pixel_mask
 
 
 def _same_values(official: dict, converted: dict, prefix: str = ""):
@@ -323,7 +146,7 @@ def official_panoptic_state_dict(d_model=128, seed=0):
     mask_head.out_lay = nn.Conv2d(inter[4], 1, 3, padding=1)
     for i, (fpn, n_out) in enumerate(zip(fpn_dims, inter[1:4]), start=1):
         setattr(mask_head, f"adapter{i}", nn.Conv2d(fpn, n_out, 1))
-    return {**{f"detr.{k}": v for k, v in detector.items()}, **_randomize(head.state_dict(), seed + 1)}
+    return {**{f"detr.{k}": v for k, v in detector.items()}, **randomize(head.state_dict(), seed + 1)}
 
 
 def test_panoptic_detr_converts_to_detr_for_segmentation(tmp_path):
