@@ -228,6 +228,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_saved_act_model_runs_through_remote_code_and_pipeline(transformers_checkpoint, tmp_path):
     from detrkit.processing import DetrImageProcessor
 

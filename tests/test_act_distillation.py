@@ -75,6 +75,8 @@ def test_incompatible_teacher_is_named():
         check_compatible(config, DetrConfig(**dict(SMALL, d_model=64), id2label=ID2LABEL))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_train_cli_distills_an_act_student(tmp_path):
     """Two optimizer steps of `detrkit train --distill-from` on a tiny teacher trained on nothing: the loop logs the
     MTKD terms and exports the ACT student."""

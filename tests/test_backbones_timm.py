@@ -103,6 +103,7 @@ def test_unknown_backbone_name_is_a_clear_error():
         DetrForObjectDetection(DetrConfig(**{**SMALL, "backbone": "no_such_net"}))
 
 
+@pytest.mark.slow
 def test_remote_code_load_of_a_convnext_model(tmp_path):
     model = build("convnext", "deformable", with_box_refine=True).eval()
     pixel_values, pixel_mask = padded_batch()

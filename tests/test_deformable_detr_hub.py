@@ -61,6 +61,7 @@ def test_auto_classes_and_saved_files(saved):
         torch.testing.assert_close(loaded(expected["pixel_values"]).logits, expected["logits"])
 
 
+@pytest.mark.slow
 def test_trust_remote_code_in_fresh_process_without_detrkit(saved, tmp_path):
     folder, _ = saved
     result = run_without_detrkit(FRESH_PROCESS, str(folder), cwd=tmp_path)

@@ -28,6 +28,8 @@ from detrkit.deploy.demo import build_app  # noqa: E402
 from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection  # noqa: E402
 from detrkit.processing import DeformableDetrImageProcessor  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 THRESHOLD = 0.5  # the slider's default
 TIMEOUT = 90
 

@@ -25,6 +25,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_space_folder_serves_the_demo(tmp_path):
     torch.manual_seed(0)
     DetrForObjectDetection(DetrConfig(**SMALL, use_pretrained_backbone=False)).save_pretrained(tmp_path / "model")

@@ -58,6 +58,7 @@ def test_save_writes_auto_map_code_safetensors_and_card(saved):
     assert "pipeline_tag: object-detection" in card and "resnet18" in card and "$" not in card.split("```")[0]
 
 
+@pytest.mark.slow
 def test_trust_remote_code_in_fresh_process_without_detrkit(saved, tmp_path):
     folder, _ = saved
     result = run_without_detrkit(FRESH_PROCESS, str(folder), cwd=tmp_path)

@@ -13,6 +13,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 @pytest.mark.skipif(torch.version.cuda is None or build.find_cuda_home() is None,
                     reason="needs a CUDA build of torch and the CUDA toolkit (nvcc)")
+@pytest.mark.slow
 def test_cuda_kernel_compiles_with_nvcc():
     status = kernels.load_kernel("cuda")
     assert status.loaded, status.error

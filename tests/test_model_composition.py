@@ -32,6 +32,7 @@ def detr(**overrides):
     return DetrConfig(**{**SMALL, "dropout": 0.0, **overrides})
 
 
+@pytest.mark.slow
 def test_base_model_alone_runs_two_stage_and_box_refinement():
     pixel_values, pixel_mask = padded_batch()
     two_stage = DeformableDetrModel(deformable(with_box_refine=True, two_stage=True, two_stage_num_proposals=8))

@@ -110,6 +110,8 @@ def test_processor_rejects_a_negative_category_id():
         DetrImageProcessor()(images=[image], annotations=[annotation], return_tensors="pt")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_fine_tune_prints_no_transformers_head_warnings(saved, tmp_path, capfd, caplog):
     """shapes-b has 5 classes, the checkpoint 4: a new class head, announced by the run only. Without a
     processor in the folder, train warns once and sizes the family's default."""

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from helpers import TRAIN, finish, latest_step, popen, write_coco
 from helpers import run_training as run
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 TINY = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 1, decoder_layers: 2, "
         "encoder_attention_heads: 2, decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, "
         "num_queries: 10}")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL_SKIP = {".git", "build", "dist", "outputs", "runs", "checkpoints", "data", ".pytest_cache", ".hypothesis"}
 

@@ -183,6 +183,7 @@ def run_check(**env) -> str:
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ATEN_CPU_CAPABILITY values are x86's")
+@pytest.mark.slow
 def test_rounding_follows_atens_cpu_capability():
     """Without AVX2, ATen's upsampling has no fused multiply-adds: the probe must find that, and the merge (its
     non-FMA code) must still equal the PyTorch path."""
@@ -190,6 +191,7 @@ def test_rounding_follows_atens_cpu_capability():
     assert fused_multiply_add_mode() is (torch.backends.cpu.get_cpu_capability() != "DEFAULT")
 
 
+@pytest.mark.slow
 def test_portable_build_equals_pytorch_path():
     """DETRKIT_PORTABLE_BUILD=1 compiles without -march=native: the plain C++ loops instead of the AVX-512 ones."""
     run_check(DETRKIT_PORTABLE_BUILD="1")
@@ -236,6 +238,7 @@ def cpu_flags() -> set[str]:
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="no AVX2 + FMA on this CPU")
+@pytest.mark.slow
 def test_avx2_build_equals_pytorch_path():
     """The AVX2 code (what CPUs without AVX-512 run), built here with -mno-avx512f, in a separate process."""
     result = subprocess.run([sys.executable, "-c", AVX2_CHECK], capture_output=True, text=True, timeout=600)

@@ -36,6 +36,8 @@ def _common(tmp_path, name):
             "--output-dir", str(tmp_path / name), "--report-to", "[]"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_step_panoptic_run_writes_pq_model_and_picture(tmp_path):
     code = train_main(["--task", "panoptic", "--model", "deformable-detr", "--data", "shapes-a-panoptic",
                        "--set", f"model_overrides={TINY_OVERRIDES}", "--set", "detector_step={max_steps: 1}",
@@ -60,6 +62,8 @@ def test_two_step_panoptic_run_writes_pq_model_and_picture(tmp_path):
     assert len(model.config.id2label) == 15
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_joint_instance_run_reports_mask_ap(tmp_path):
     code = train_main(["--task", "instance", "--freeze-detector", "false", "--model", "deformable-detr",
                        "--data", "shapes-a", "--set", f"model_overrides={TINY_OVERRIDES}", *_common(tmp_path, "run")])
@@ -122,6 +126,8 @@ def test_panoptic_picture_colours_each_segment():
     assert not torch.equal(left, torch.tensor([255, 255, 255], dtype=torch.uint8))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_config_runs_both_steps_with_the_cached_head_step(tmp_path, capsys):
     """scripts/configs/panoptic_shapes.yaml as the README runs it, cut to a few images and steps."""
     from pathlib import Path

@@ -87,6 +87,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trust_remote_code_in_fresh_process_without_detrkit(tmp_path):
     images, annotations, outputs = inputs()
     folders = []

@@ -13,6 +13,8 @@ from PIL import Image, ImageDraw
 
 from detrkit.cli import dispatch as cli
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = ["person", "car", "dog"]
 COCO_IDS = [1, 3, 18]

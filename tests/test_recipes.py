@@ -134,6 +134,8 @@ def test_fields_reach_a_checkpoint_as_from_pretrained_kwargs():
 
 
 @pytest.mark.skipif(not (CHECKPOINT / "model.safetensors").exists(), reason="demo checkpoint not in this checkout")
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_benchmark_table_plot_and_exported_configs(tmp_path):
     out, plot = tmp_path / "out", tmp_path / "plot.png"
     env = dict(os.environ, OMP_NUM_THREADS="2")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from helpers import SMALL, run_without_detrkit
@@ -32,6 +33,7 @@ def test_no_top_level_folder_is_a_package():
     assert packages == []
 
 
+@pytest.mark.slow
 def test_real_kernels_package_and_detrkit_import_from_the_root():
     out = run_at_root([sys.executable, "-c",
                        "import sys, kernels, transformers.integrations.hub_kernels, detrkit.modeling, "
@@ -45,6 +47,8 @@ def test_python_m_detrkit_from_the_root():
     assert "usage: detrkit train" in run_at_root([sys.executable, "-m", "detrkit", "train", "--help"])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_readme_quick_start_runs_from_the_root(tmp_path):
     """The README's first Python block, run from the root; its folder and image names point into tmp_path."""
     block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1)
@@ -56,6 +60,8 @@ def test_readme_quick_start_runs_from_the_root(tmp_path):
     assert (tmp_path / "my-detr" / "config.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_accelerate_launch_trains_from_the_root(tmp_path):
     run_at_root([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -67,6 +73,7 @@ def test_accelerate_launch_trains_from_the_root(tmp_path):
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_plain_transformers_loads_a_deformable_detr_folder_from_the_root(tmp_path):
     from detrkit.modeling import DeformableDetrConfig, DeformableDetrForObjectDetection
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TINY = dict(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10, num_feature_levels=2,

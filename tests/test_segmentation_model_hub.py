@@ -122,6 +122,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_pipeline_through_remote_code_without_detrkit(saved_models, tmp_path):
     """Both models in one fresh process (one interpreter start-up); the same segments as in-process."""
     folders = []

@@ -34,6 +34,7 @@ PLAIN_TRANSFORMERS = textwrap.dedent(
 
 
 @pytest.mark.parametrize("folder", SHIPPED)
+@pytest.mark.slow
 def test_shipped_checkpoint_loads_with_plain_transformers(folder, tmp_path):
     model, _ = load_for_inference(str(ROOT / folder))
     pixel_values = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))

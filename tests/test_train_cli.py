@@ -164,6 +164,8 @@ def test_script_wrappers_run_from_the_scripts_folder(script):
     assert result.returncode == 0 and "usage: detrkit" in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_accelerate_launch_mixed_precision_is_honoured(tmp_path):
     """`accelerate launch --mixed_precision bf16` reaches the run (it was overridden by the config's 'no')."""
     import os

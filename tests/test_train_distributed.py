@@ -9,10 +9,13 @@ box losses divide by the box count averaged over processes already).
 import json
 import sys
 
+import pytest
 import torch
 from helpers import TRAIN
 from helpers import run_training as run
 from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TINY_DETR = ("model_overrides={backbone: resnet18, d_model: 32, encoder_layers: 1, decoder_layers: 1, "
              "encoder_attention_heads: 2, decoder_attention_heads: 2, encoder_ffn_dim: 64, decoder_ffn_dim: 64, "

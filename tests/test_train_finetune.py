@@ -82,6 +82,7 @@ def detrkit(capsys, *argv) -> str:
     return out + err
 
 
+@pytest.mark.e2e
 def test_evaluate_maps_coco_slots_by_original_id(coco, coco_checkpoint, tmp_path, capsys, monkeypatch):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -156,6 +157,8 @@ def serve(folder: Path):
         server.server_close()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_fine_tune_coco_checkpoint_then_predict(coco, coco_checkpoint, tmp_path, capsys, monkeypatch):
     import huggingface_hub
     from huggingface_hub import ModelCard, metadata_load

@@ -21,6 +21,7 @@ def records(tmp_path_factory):
     return load_split(source, "train", config), load_split(source, "val", config)
 
 
+@pytest.mark.slow
 def test_trainer_trains_and_reports_coco_map(records, tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -95,6 +95,8 @@ def test_config_errors(kwargs, match):
         TTAConfig(**kwargs)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_evaluate_command_with_tta(tmp_path):
     """`detrkit evaluate MODEL --data shapes-a --tta` on a tiny random model: runs and records the TTA setting."""
     import json
