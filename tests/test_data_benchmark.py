@@ -3,9 +3,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmarks" / "benchmark_data.py"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_benchmark_data_runs_at_small_scale(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--num-images", "2000", "--workers", "2",
                              "--workdir", str(tmp_path)],

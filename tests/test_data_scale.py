@@ -167,6 +167,8 @@ def test_data_check_prints_a_summary(shapes, tmp_path, capsys):
     assert "no such file or folder" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_data_check_through_the_console_script(shapes, tmp_path):
     env = {**os.environ, "DETRKIT_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "detrkit", "data", "check", str(shapes.root), "--split", "val"],

@@ -162,24 +162,3 @@ def test_script_wrappers_run_from_the_scripts_folder(script):
     assert "sys.path" not in path.read_text()
     result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "usage: detrkit" in result.stdout, result.stderr[-2000:]
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_accelerate_launch_mixed_precision_is_honoured(tmp_path):
-    """`accelerate launch --mixed_precision bf16` reaches the run (it was overridden by the config's 'no')."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "DETRKIT_DISABLE_KERNELS": "1", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-               "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "bf16", "-m", "detrkit",
-               "train", "--model", "deformable-detr", "--set", TINY, "--data", "shapes-b", "--data-cache",
-               str(tmp_path / "data"), "--image-size", "64", "--builtin-num-train", "4", "--builtin-num-val", "2",
-               "--batch-size", "2", "--max-steps", "1", "--num-workers", "0", "--report-to", "[]",
-               "--predictions-image", "false", "--output-dir", str(tmp_path / "run")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert "mixed_precision bf16 (launcher)" in result.stdout and "mixed precision bf16" in result.stdout
-    # the config winning over the launcher: test_launcher_flags_unless_the_config_says_otherwise
