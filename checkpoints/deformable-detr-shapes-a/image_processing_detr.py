@@ -82,7 +82,7 @@ class DetrImageProcessorKwargs(ImagesKwargs, total=False):
 # ----------------------------------------------------------------------------------------------- image loading
 
 
-def open_image(source, index: int) -> PIL.Image.Image:
+def decode_input_image(source, index: int) -> PIL.Image.Image:
     """Decode a file path or encoded bytes now, so that an empty or truncated file fails here, by name."""
     name = f"{len(source)} bytes" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     if isinstance(source, str) and source.startswith(("http://", "https://")):
@@ -167,7 +167,7 @@ def load_images(images, do_convert_rgb: bool = True, device=None) -> list[torch.
     tensors = []
     for index, image in enumerate(images):
         if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-            image = open_image(image, index)
+            image = decode_input_image(image, index)
         if isinstance(image, PIL.Image.Image):
             tensor = pil_to_tensor(image, do_convert_rgb)
         elif isinstance(image, (np.ndarray, torch.Tensor)):
