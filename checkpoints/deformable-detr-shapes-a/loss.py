@@ -134,7 +134,7 @@ class SetCriterion(nn.Module):
             eos_coefficient=getattr(config, "eos_coefficient", 0.1),
             use_focal_loss=use_focal_loss,
             focal_alpha=focal_alpha,
-            # training extras of issue 20; configs saved before them fall back to the plain criterion
+            # the modern training fields; a config without them (e.g. transformers' own) gets the plain criterion
             classification_loss=getattr(config, "classification_loss", "focal") if use_focal_loss else "focal",
             k_one_to_many=getattr(config, "k_one_to_many", 6),
             lambda_one_to_many=getattr(config, "lambda_one_to_many", 1.0),
